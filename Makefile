@@ -1,0 +1,43 @@
+# Two commands for a newcomer: `make train` (the built-in quickstart) and `make test`.
+# Both create .venv/ in the project root when it is missing.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install test test-all lint format train bench clean-venv
+
+install: $(STAMP)
+
+# The exact versions live in constraints.txt; torch and torchvision are pinned there too, so an
+# install does not depend on the machine's pip settings.
+$(STAMP): pyproject.toml requirements.txt constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -r requirements.txt
+	$(BIN)/python -m pip install --quiet -c constraints.txt --no-deps -e .
+	touch $(STAMP)
+
+test: install
+	$(BIN)/python -m pytest
+
+# Includes the tests marked slow (real-data, longer end-to-end runs).
+test-all: install
+	$(BIN)/python -m pytest -m ""
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+train: install
+	$(BIN)/python -m sdd_lightning.quickstart
+
+bench: install
+	$(BIN)/python benchmarks/bench_loss.py
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,107 @@
+"""Per-sample base logit losses: KD, DKD and NKD.
+
+Every function takes student logits ``(N, K)``, teacher logits ``(N, K)`` and integer targets ``(N,)``
+and returns one loss per row ``(N,)``; leading dimensions beyond one are allowed as long as the
+targets match them. All terms are computed from log-softmax forms, so they stay finite at any logit
+scale (no ``log(0)``), and the teacher side is detached.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["dkd_loss", "kd_loss", "nkd_loss"]
+
+
+def _kl_from_log_probs(log_p_teacher: torch.Tensor, log_p_student: torch.Tensor) -> torch.Tensor:
+    """``KL(p_t || p_s)`` summed over the last dimension, safe where ``p_t`` underflows to 0."""
+    return F.kl_div(log_p_student, log_p_teacher, reduction="none", log_target=True).sum(-1)
+
+
+def kd_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    target: torch.Tensor | None = None,
+    *,
+    temperature: float = 4.0,
+) -> torch.Tensor:
+    """Hinton et al.'s KD: ``T^2 * KL(softmax(t / T) || softmax(s / T))`` per row.
+
+    ``target`` is accepted (and ignored) so that every base loss has one calling form.
+    """
+    del target
+    log_p_s = F.log_softmax(student_logits / temperature, dim=-1)
+    log_p_t = F.log_softmax(teacher_logits.detach() / temperature, dim=-1)
+    return _kl_from_log_probs(log_p_t, log_p_s) * temperature**2
+
+
+def _target_split(logits: torch.Tensor, target_mask: torch.Tensor, temperature: float):
+    """Log-probabilities of target vs rest, and the log-softmax over the non-target classes.
+
+    Returns ``(log_binary (..., 2), log_non_target (..., K))``; the target entry of
+    ``log_non_target`` is finite but meaningless and must be masked out by the caller.
+    """
+    z = logits / temperature
+    lse_all = z.logsumexp(-1)
+    lse_rest = z.masked_fill(target_mask, float("-inf")).logsumexp(-1)
+    z_target = (z * target_mask).sum(-1)
+    log_binary = torch.stack([z_target - lse_all, lse_rest - lse_all], dim=-1)
+    log_non_target = z - lse_rest.unsqueeze(-1)
+    return log_binary, log_non_target
+
+
+def _target_mask(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    if target is None:
+        raise ValueError("this loss needs the ground-truth target (integer class indices)")
+    return F.one_hot(target.long(), logits.shape[-1]).bool()
+
+
+def dkd_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    temperature: float = 4.0,
+    alpha: float = 1.0,
+    beta: float = 8.0,
+) -> torch.Tensor:
+    """Decoupled KD (Zhao et al., CVPR 2022): ``alpha * TCKD + beta * NCKD`` per row, each with ``T^2``.
+
+    TCKD is the KL between the binary (target, rest) distributions; NCKD the KL between the
+    distributions over the non-target classes only (the target class excluded exactly).
+    """
+    mask = _target_mask(student_logits, target)
+    log_bin_s, log_nt_s = _target_split(student_logits, mask, temperature)
+    log_bin_t, log_nt_t = _target_split(teacher_logits.detach(), mask, temperature)
+    tckd = _kl_from_log_probs(log_bin_t, log_bin_s)
+    p_nt_t = log_nt_t.exp().masked_fill(mask, 0.0)
+    nckd = (p_nt_t * (log_nt_t - log_nt_s).masked_fill(mask, 0.0)).sum(-1)
+    return (alpha * tckd + beta * nckd) * temperature**2
+
+
+def nkd_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    gamma: float = 1.5,
+) -> torch.Tensor:
+    """Normalized KD (Yang et al., ICCV 2023) per row.
+
+    ``-p_t[y] * log p_s[y]`` (at temperature 1) plus ``gamma * T^2`` times the cross-entropy between
+    the teacher's and the student's softened distributions over the non-target classes. The target
+    class is excluded from the second term; the official SDD code leaves it in by mistake (its mask
+    scatters 1 instead of 0), which this implementation does not reproduce.
+    """
+    mask = _target_mask(student_logits, target)
+    teacher_logits = teacher_logits.detach()
+    log_p_s = F.log_softmax(student_logits, dim=-1)
+    p_t = F.softmax(teacher_logits, dim=-1)
+    target_term = -((p_t * log_p_s) * mask).sum(-1)
+    _, log_nt_s = _target_split(student_logits, mask, temperature)
+    _, log_nt_t = _target_split(teacher_logits, mask, temperature)
+    p_nt_t = log_nt_t.exp().masked_fill(mask, 0.0)
+    non_target_term = -(p_nt_t * log_nt_s.masked_fill(mask, 0.0)).sum(-1)
+    return target_term + gamma * temperature**2 * non_target_term

@@ -1,0 +1,40 @@
+"""Shared test helpers: small networks that follow the features/classifier interface."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from torch import nn
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+class SmallNet(nn.Module):
+    """A two-conv network with BatchNorm: ``forward_features`` -> map, ``classifier`` -> logits."""
+
+    def __init__(self, num_classes: int = 10, width: int = 8, map_size: int = 4) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, width, 3, padding=1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(),
+            nn.Conv2d(width, 2 * width, 3, padding=1, bias=False),
+            nn.BatchNorm2d(2 * width),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(map_size),
+        )
+        self.classifier = nn.Linear(2 * width, num_classes)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.forward_features(x).mean((2, 3)))
+
+
+@pytest.fixture
+def small_net():
+    """Factory for ``SmallNet`` instances."""
+    return SmallNet
