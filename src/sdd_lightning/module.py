@@ -25,6 +25,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from sdd_lightning.heads import Pooling, ScaleDecoupledHead
 from sdd_lightning.losses import BaseLoss, Consistency, resolve_base_loss, scale_decoupled_loss
+from sdd_lightning.models.fold_bn import fold_batchnorm
 from sdd_lightning.models.interface import get_classifier
 
 __all__ = ["ClassificationModule", "DistillationModule", "warmup_factor"]
@@ -180,6 +181,10 @@ class DistillationModule(ClassificationModule):
         consistent_weight: weight of consistent local regions (1.0; ablations set 0).
         consistency: ``"correctness"`` (official code) or ``"agreement"`` (paper text).
         optimizer, scheduler, channels_last: as in ``ClassificationModule``.
+        fold_teacher_bn: fold the teacher's BatchNorm layers into the convolutions before them at
+            construction (exact in eval mode; a faster teacher forward). The teacher's state_dict keys then
+            change (BatchNorm entries gone, convolution biases added); the module's own checkpoints save and
+            resume as long as it is rebuilt with the same setting.
     """
 
     def __init__(
@@ -203,6 +208,7 @@ class DistillationModule(ClassificationModule):
         optimizer: OptimizerFactory | None = None,
         scheduler: SchedulerFactory | None = None,
         channels_last: bool = False,
+        fold_teacher_bn: bool = False,
     ) -> None:
         super().__init__(student, num_classes, optimizer, scheduler, channels_last)
         self.head = ScaleDecoupledHead(scales, pooling)
@@ -223,6 +229,9 @@ class DistillationModule(ClassificationModule):
         self.teacher = teacher
         self.teacher.requires_grad_(False)
         self.teacher.eval()
+        if fold_teacher_bn:
+            # In __init__, so that a rebuilt module has the same structure as its checkpoint.
+            fold_batchnorm(self.teacher)
         self.teacher_val_acc1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
         # -1 until measured; a buffer so that it survives checkpoints and resumes.
         self.register_buffer("teacher_acc1", torch.tensor(-1.0))

@@ -1,0 +1,209 @@
+"""``sdd-train``: the Hydra application that composes a run from ``conf/`` and hands it to Lightning.
+
+    sdd-train                                          # the built-in default (synthetic data, no teacher)
+    sdd-train experiment=cifar100/res32x4_shv1_sd_kd data.root=/data teacher.checkpoint=...
+    sdd-train -m distill=kd,sd_kd seed=0,1,2           # a sweep; then: sdd-summary outputs/.../multiruns/...
+
+A run fits, tests the best checkpoint, and writes ``results.json`` in its output folder. ``main``
+returns the best validation top-1 so that Hydra sweepers can optimise it.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ProgressBar
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from omegaconf import DictConfig, OmegaConf
+
+from sdd_lightning.builders import (
+    ConfigError,
+    build_callbacks,
+    build_loggers,
+    build_module,
+    check_config,
+    is_distillation,
+)
+from sdd_lightning.checkpointing import AtomicCheckpointIO, RNGStateCallback, graceful_interrupts
+
+__all__ = ["main", "train"]
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+RESULTS_FILE = "results.json"
+
+
+def run_dir_of(cfg: DictConfig) -> Path:
+    """The run's output folder (Hydra's ``runtime.output_dir``)."""
+    return Path(HydraConfig.get().runtime.output_dir)
+
+
+def resume_checkpoint(cfg: DictConfig, run_dir: Path) -> str | None:
+    """``ckpt_path`` when given, else ``<run dir>/checkpoints/last.ckpt`` when it exists, else ``None``."""
+    if cfg.get("ckpt_path"):
+        path = Path(cfg.ckpt_path)
+        if not path.is_file():
+            raise ConfigError(f"ckpt_path={cfg.ckpt_path} does not exist: give the path of a last.ckpt to resume")
+        return str(path)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    return str(last) if last.is_file() else None
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Runs one training job described by ``cfg`` and returns what it writes to ``results.json``."""
+    start = time.perf_counter()
+    check_config(cfg)
+    run_dir = run_dir_of(cfg)
+    L.seed_everything(cfg.seed, workers=True)
+    datamodule = instantiate(cfg.data)
+    module = build_module(cfg, datamodule.num_classes)
+    ckpt_path = resume_checkpoint(cfg, run_dir)
+
+    callbacks = [*build_callbacks(cfg), RNGStateCallback()]
+    trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
+    if not any(isinstance(c, ProgressBar) for c in callbacks):
+        trainer_kwargs["enable_progress_bar"] = False
+    loggers = build_loggers(cfg)
+    trainer = L.Trainer(
+        **trainer_kwargs,
+        callbacks=callbacks,
+        logger=loggers or False,
+        plugins=[AtomicCheckpointIO()],
+        default_root_dir=str(run_dir),
+    )
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    for logger in trainer.loggers:
+        logger.log_hyperparams(resolved)
+    if trainer.is_global_zero:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(OmegaConf.create(resolved), run_dir / "config_resolved.yaml")
+
+    status = "finished"
+    try:
+        with graceful_interrupts():
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    except SIGTERMException:
+        status = "interrupted"
+    fit_metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("val/", "teacher/"))}
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    test_metrics: dict[str, float] = {}
+    if status == "finished":
+        tested = trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+        test_metrics = {k: float(v) for k, v in (tested[0] if tested else {}).items()}
+
+    results = {
+        "val/acc1": fit_metrics.get("val/acc1"),
+        "val/acc1_best": float(module.val_acc1_best.compute()) if module.val_acc1_best.update_count else None,
+        "val/acc5": fit_metrics.get("val/acc5"),
+        **test_metrics,
+        "teacher/acc1": float(module.teacher_acc1) if is_distillation(cfg) else None,
+        "epochs": trainer.current_epoch,
+        "global_step": trainer.global_step,
+        "wall_time_s": round(time.perf_counter() - start, 2),
+        "status": status,
+        "seed": cfg.seed,
+        "experiment": _choice("experiment"),
+        "overrides": _task_overrides(),
+        "task_name": cfg.task_name,
+        "data": cfg.data._target_.rsplit(".", 1)[-1],
+        "distill": cfg.distill.method,
+        "student": cfg.student.arch,
+        "teacher": cfg.teacher.arch if is_distillation(cfg) else None,
+        "published": cfg.get("published"),
+        "best_checkpoint": best or None,
+        "accuracy_units": "fraction (0-1)",
+        "world_size": trainer.world_size,
+        "device": _device_name(trainer),
+        "versions": _versions(),
+        "git_commit": _git_commit(),
+    }
+    _write_results(results, run_dir, trainer)
+    if status == "interrupted":
+        raise SIGTERMException(f"training stopped by a signal; resume with ckpt_path={run_dir}/checkpoints/last.ckpt")
+    return results
+
+
+def _write_results(results: dict[str, Any], run_dir: Path, trainer: L.Trainer) -> None:
+    """Rank 0 writes ``results.json``; with several processes every rank also writes its own copy."""
+    if trainer.world_size > 1:
+        rank_dir = run_dir / "ranks"
+        rank_dir.mkdir(parents=True, exist_ok=True)
+        (rank_dir / f"rank{trainer.global_rank}.json").write_text(json.dumps(results, indent=2))
+    if trainer.is_global_zero:
+        tmp = run_dir / f".{RESULTS_FILE}.tmp"
+        tmp.write_text(json.dumps(results, indent=2))
+        tmp.replace(run_dir / RESULTS_FILE)
+
+
+def _choice(group: str) -> str | None:
+    try:
+        return HydraConfig.get().runtime.choices.get(group)
+    except ValueError:
+        return None
+
+
+def _task_overrides() -> list[str]:
+    try:
+        return list(HydraConfig.get().overrides.task)
+    except ValueError:
+        return []
+
+
+def _device_name(trainer: L.Trainer) -> str:
+    root = trainer.strategy.root_device
+    if root.type == "cuda":
+        return torch.cuda.get_device_name(root)
+    return f"{root.type}: {platform.processor() or platform.machine()}"
+
+
+def _versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for package in ("sdd-lightning", "torch", "torchvision", "lightning", "torchmetrics", "hydra-core"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    return versions
+
+
+def _git_commit() -> str | None:
+    """The project's commit (with ``+dirty`` when the tree has changes), or ``None`` outside a checkout."""
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(PROJECT_ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(PROJECT_ROOT), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit + ("+dirty" if dirty else "")
+
+
+@hydra.main(version_base="1.3", config_path="../../conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    """The ``sdd-train`` entry point: returns the best validation top-1 (for sweepers)."""
+    try:
+        results = train(cfg)
+    except ConfigError as error:
+        print(f"sdd-train: configuration error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    return results["val/acc1_best"]
+
+
+if __name__ == "__main__":
+    main()
