@@ -1,0 +1,115 @@
+"""ImageNet (ILSVRC-2012) in the ImageFolder layout, with the standard ResNet augmentation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torchvision.datasets import ImageFolder
+
+from sdd_lightning.data.base import ClassificationDataModule
+from sdd_lightning.data.errors import DatasetError
+from sdd_lightning.data.image_files import load_rgb_image
+from sdd_lightning.data.transforms import imagenet_eval_transform, imagenet_train_transform
+
+__all__ = ["ImageNetDataModule"]
+
+_LAYOUT = "  {root}/train/<wnid>/*.JPEG   (e.g. train/n01440764/n01440764_10026.JPEG)\n  {root}/val/<wnid>/*.JPEG"
+_HOW_TO_GET = (
+    "ImageNet cannot be downloaded automatically (its terms require registration at image-net.org): download "
+    "ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar, extract the training archive (and its per-class "
+    "tars) into train/<wnid>/, sort the validation images into val/<wnid>/ (e.g. with the widely used "
+    "valprep.sh), then set data.root=... to the folder that holds train/ and val/"
+)
+
+
+class ImageNetDataModule(ClassificationDataModule):
+    """ImageNet-1k classification from ``root/train/<wnid>/`` and ``root/val/<wnid>/`` image folders.
+
+    Training: ``RandomResizedCrop(224)`` and horizontal flip; evaluation: resize the shorter side to
+    256 and centre-crop 224; both normalised with the ImageNet mean and standard deviation. Class
+    indices follow the sorted folder names of each split, which must be the same ``num_classes``
+    folders in both. Images are decoded by PIL in ``num_workers`` worker processes per device; an
+    unreadable image stops the run with its path.
+
+    Args:
+        root: Folder holding ``train/`` and ``val/``.
+        num_classes: Number of class folders expected (1000 for ImageNet-1k; smaller for subsets).
+        crop_size: Side of the training and evaluation crops.
+        resize_size: Shorter side before the evaluation centre crop.
+        batch_size: Training images per batch **per device** (the paper: 256 per GPU on 2 GPUs).
+        eval_batch_size: Evaluation images per batch per device; ``None`` uses ``batch_size``.
+        num_workers: Decoding workers per device.
+        pin_memory: Page-lock host batches for faster copies to the GPU.
+        seed: Seed of the training order and augmentation (see ``ClassificationDataModule``).
+        drop_last: Drop the last incomplete training batch.
+        persistent_workers: Keep workers alive between epochs.
+    """
+
+    def __init__(
+        self,
+        root: str | Path = "data/imagenet",
+        *,
+        num_classes: int = 1000,
+        crop_size: int = 224,
+        resize_size: int = 256,
+        batch_size: int = 256,
+        eval_batch_size: int | None = None,
+        num_workers: int = 8,
+        pin_memory: bool = True,
+        seed: int = 0,
+        drop_last: bool = False,
+        persistent_workers: bool = True,
+    ) -> None:
+        super().__init__(
+            root,
+            batch_size=batch_size,
+            eval_batch_size=eval_batch_size,
+            num_workers=num_workers,
+            pin_memory=pin_memory,
+            seed=seed,
+            drop_last=drop_last,
+            persistent_workers=persistent_workers,
+        )
+        self.num_classes = num_classes
+        self.crop_size = crop_size
+        self.resize_size = resize_size
+        self.class_names: list[str] | None = None
+
+    def _split_dir(self, split: str) -> Path:
+        directory = self.root / split
+        if not directory.is_dir():
+            found = "does not exist" if not self.root.exists() else f"has no {split}/ folder"
+            raise DatasetError(
+                f"ImageNet not found: {self.root} {found}. Expected the ImageFolder layout:\n"
+                f"{_LAYOUT.format(root=self.root)}\n{_HOW_TO_GET}."
+            )
+        return directory
+
+    def _image_folder(self, split: str, transform) -> ImageFolder:
+        directory = self._split_dir(split)
+        try:
+            dataset = ImageFolder(str(directory), transform=transform, loader=load_rgb_image)
+        except FileNotFoundError as err:  # no class folders, or a class folder without images
+            raise DatasetError(
+                f"{directory} is not a usable ImageFolder split: {err}\nExpected:\n{_LAYOUT.format(root=self.root)}"
+            ) from err
+        if len(dataset.classes) != self.num_classes:
+            raise DatasetError(
+                f"{directory} has {len(dataset.classes)} class folders but num_classes={self.num_classes} "
+                "(set data.num_classes for a subset)"
+            )
+        if self.class_names is not None and dataset.classes != self.class_names:
+            missing = sorted(set(self.class_names) ^ set(dataset.classes))[:5]
+            raise DatasetError(
+                f"the class folders of {directory} differ from the other split's (e.g. {missing}); "
+                "train/ and val/ must hold the same <wnid> folders"
+            )
+        self.class_names = dataset.classes
+        return dataset
+
+    def setup(self, stage: str | None = None) -> None:
+        """Index the image folders the stage needs (once) and check that their classes agree."""
+        if stage in (None, "fit") and self.train_set is None:
+            self.train_set = self._image_folder("train", imagenet_train_transform(self.crop_size))
+        if self.val_set is None:
+            self.val_set = self._image_folder("val", imagenet_eval_transform(self.crop_size, self.resize_size))
