@@ -180,7 +180,9 @@ def test_device_resident_training_batches(cifar_root):
     # deterministic given seed and epoch; a new epoch draws a new order
     again = make(cifar_root, device_resident=True, seed=5).train_dataloader()
     assert torch.equal(next(iter(again))[0], x)
-    assert not torch.equal(next(iter(loader))[1], y)  # the second iteration is epoch 1
+    assert torch.equal(next(iter(loader))[0], x)  # iterating again without set_epoch repeats the epoch
+    loader.sampler.set_epoch(1)
+    assert not torch.equal(next(iter(loader))[1], y)
     loader.sampler.set_epoch(0)
     assert torch.equal(next(iter(loader))[0], x)
 
@@ -250,9 +252,11 @@ def test_device_resident_under_lightning_trainer(cifar_root):
     assert [epoch for epoch, _ in model.seen] == [0, 0, 1, 1]
     # Lightning set the epoch of the loader's sampler: epoch 1's order is the sampler's order for epoch 1
     sampler = trainer.train_dataloader.sampler
-    sampler.set_epoch(1)
-    expected = dm.train_data[1][list(sampler)[:16]]
-    assert torch.equal(model.seen[2][1], expected)
+    for epoch, first_batch in ((0, 0), (1, 2)):
+        sampler.set_epoch(epoch)
+        expected = dm.train_data[1][list(sampler)[:16]]
+        assert torch.equal(model.seen[first_batch][1], expected), f"epoch {epoch} did not get its own order"
+    assert not torch.equal(model.seen[0][1], model.seen[2][1])
 
 
 # --- download ----------------------------------------------------------------------------------------

@@ -27,9 +27,9 @@ class DeviceResidentLoader:
     ``torch.utils.data.DistributedSampler`` (``sampler`` attribute), so the shards are disjoint (up to
     the padding that makes them equal in length, as with Lightning's injected sampler) and the order is
     a function of ``(seed, epoch)`` only. Lightning calls ``sampler.set_epoch`` before every epoch;
-    outside Lightning each ``iter()`` advances the epoch by one. The crop/flip draws come from a
-    generator on the device seeded by ``(seed, epoch, rank)``, so a run is reproducible on a given
-    device type.
+    outside Lightning, call ``loader.sampler.set_epoch(epoch)`` as with any ``DistributedSampler``.
+    The crop/flip draws come from a generator on the device seeded by ``(seed, epoch, rank)``, so a
+    run is reproducible on a given device type.
 
     Args:
         images: The whole split, ``uint8`` ``(N, 3, H, W)``, on the CPU or already on ``device``.
@@ -99,9 +99,11 @@ class DeviceResidentLoader:
         return self._resident
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        # The epoch comes only from ``sampler.set_epoch`` (Lightning calls it before every epoch; a plain
+        # loop calls ``loader.sampler.set_epoch(e)``). Advancing it here would let Lightning's extra
+        # ``iter()`` at fit start shift every epoch's seed by one and repeat the first epoch's data.
         epoch = self.sampler.epoch
         order = torch.as_tensor(list(self.sampler), dtype=torch.long)
-        self.sampler.set_epoch(epoch + 1)  # overwritten by Lightning's set_epoch before the next epoch
         return self._batches(order, epoch)
 
     def _batches(self, order: torch.Tensor, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
