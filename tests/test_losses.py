@@ -123,7 +123,9 @@ def test_matches_an_official_style_reference_on_random_local_logits():
     student, teacher = _logits(16, 21, 100, seed=3), _logits(16, 21, 100, seed=4)
     y = torch.randint(0, 100, (16,), generator=torch.Generator().manual_seed(0))
     teacher[torch.arange(16), :, y] += 4.0  # make some regions right, some wrong
-    torch.testing.assert_close(sdd_loss(student, teacher, y, temperature=4.0), _official_style(student, teacher, y, 4.0))
+    torch.testing.assert_close(
+        sdd_loss(student, teacher, y, temperature=4.0), _official_style(student, teacher, y, 4.0)
+    )
 
 
 @pytest.mark.parametrize("base", ["kd", "dkd", "nkd"])

@@ -91,8 +91,16 @@ def test_fit_logs_metrics_and_measures_the_teacher_once(tmp_path):
     trainer = _trainer(tmp_path, max_epochs=2)
     trainer.fit(module, _loader(), _loader(seed=1))
     metrics = trainer.callback_metrics
-    for name in ("val/acc1", "val/acc5", "val/loss", "val/acc1_best", "train/acc1", "train/loss_kd",
-                 "train/complementary_fraction", "teacher/acc1"):
+    for name in (
+        "val/acc1",
+        "val/acc5",
+        "val/loss",
+        "val/acc1_best",
+        "train/acc1",
+        "train/loss_kd",
+        "train/complementary_fraction",
+        "teacher/acc1",
+    ):
         assert name in metrics, name
     # the teacher measured on the validation data equals a direct evaluation of it
     x, y = next(iter(DataLoader(_loader(seed=1).dataset, batch_size=32)))

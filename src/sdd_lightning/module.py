@@ -96,6 +96,11 @@ class ClassificationModule(L.LightningModule):
         if self.channels_last:
             self.to(memory_format=torch.channels_last)
 
+    def on_fit_start(self) -> None:
+        # Lightning keeps the modes it finds; a network handed over in eval mode would otherwise train with
+        # frozen BatchNorm statistics. (DistillationModule.train keeps the teacher in eval mode.)
+        self.train()
+
     def _prepare(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
