@@ -171,3 +171,12 @@ def test_sigterm_saves_last_ckpt_and_the_run_resumes(tmp_path):
     resumed = run_app([*TINY, f"epochs={results['epochs'] + 2}", f"hydra.run.dir={tmp_path}"])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert read_results(tmp_path)["global_step"] > stopped_at
+
+
+def test_the_console_script_finds_the_config_from_any_folder(tmp_path):
+    script = Path(sys.executable).parent / "sdd-train"
+    result = subprocess.run(
+        [str(script), "--cfg", "job", "distill=sd_kd"], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "method: sd_kd" in result.stdout

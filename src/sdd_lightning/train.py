@@ -194,7 +194,7 @@ def _git_commit() -> str | None:
     return commit + ("+dirty" if dirty else "")
 
 
-@hydra.main(version_base="1.3", config_path="../../conf", config_name="train")
+@hydra.main(version_base="1.3", config_path=str(PROJECT_ROOT / "conf"), config_name="train")
 def main(cfg: DictConfig) -> float | None:
     """The ``sdd-train`` entry point: returns the best validation top-1 (for sweepers)."""
     try:
