@@ -7,7 +7,7 @@ device once; each batch is an index gather followed by the batched crop/flip and
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torch.utils.data import DistributedSampler
@@ -37,6 +37,8 @@ class DeviceResidentLoader:
         batch_size: Images per batch on this device.
         mean: Per-channel mean for normalisation (of values in [0, 1]).
         std: Per-channel standard deviation for normalisation.
+        epoch_source: Called at every ``iter()`` for the epoch to use (the DataModule passes the trainer's
+            count); ``None`` or a ``None`` result means the sampler's epoch.
         shuffle: Draw a new order every epoch (training) or keep the stored order (evaluation).
         augment: Apply ``random_crop_flip`` with ``padding`` to every batch.
         padding: Padding of the random crop.
@@ -63,6 +65,7 @@ class DeviceResidentLoader:
         rank: int = 0,
         world_size: int = 1,
         device: torch.device | str | None = None,
+        epoch_source: Callable[[], int | None] | None = None,
     ) -> None:
         if images.ndim != 4 or images.dtype != torch.uint8:
             raise ValueError(f"images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
@@ -81,6 +84,7 @@ class DeviceResidentLoader:
         self.drop_last = drop_last
         self.seed = seed
         self.rank = rank
+        self.epoch_source = epoch_source
         self.sampler = DistributedSampler(
             range(images.shape[0]), num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed
         )
@@ -102,7 +106,11 @@ class DeviceResidentLoader:
         # The epoch comes only from ``sampler.set_epoch`` (Lightning calls it before every epoch; a plain
         # loop calls ``loader.sampler.set_epoch(e)``). Advancing it here would let Lightning's extra
         # ``iter()`` at fit start shift every epoch's seed by one and repeat the first epoch's data.
-        epoch = self.sampler.epoch
+        epoch = self.epoch_source() if self.epoch_source is not None else None
+        if epoch is None:
+            epoch = self.sampler.epoch
+        else:
+            self.sampler.set_epoch(epoch)
         order = torch.as_tensor(list(self.sampler), dtype=torch.long)
         return self._batches(order, epoch)
 

@@ -128,7 +128,18 @@ class InMemoryImageDataModule(ClassificationDataModule):
             rank=rank,
             world_size=world_size,
             device=device,
+            epoch_source=self._training_epoch if train else None,
         )
+
+    def _training_epoch(self) -> int | None:
+        """The epoch the trainer is running, as its fit loop counts it (also right after a resume).
+
+        Lightning's own ``set_epoch`` call can come before the loader is rebuilt on a resume, leaving the
+        sampler at epoch 0; the fit loop's count is the one that matches an unbroken run.
+        """
+        if self.trainer is None:
+            return None
+        return self.trainer.fit_loop.epoch_progress.current.processed
 
     def teardown(self, stage: str | None = None) -> None:
         """Release the device copies of the data (the host copies stay for the next stage)."""
