@@ -120,3 +120,13 @@ def test_classification_module_trains(tmp_path):
 def test_scales_must_start_with_the_global_region():
     with pytest.raises(ValueError, match="start with 1"):
         _distiller(scales=(2, 4))
+
+
+def test_checkpoints_load_with_weights_only(tmp_path):
+    module = _distiller(scales=(1, 2))
+    trainer = _trainer(tmp_path, max_steps=1, limit_val_batches=0)
+    trainer.fit(module, _loader())
+    path = tmp_path / "step.ckpt"
+    trainer.save_checkpoint(path)
+    checkpoint = torch.load(path, weights_only=True)  # plain types only: no enums or callables pickled
+    assert checkpoint["hyper_parameters"]["pooling"] == "exact"
