@@ -282,7 +282,7 @@ def _format_counts(label: str, counter: HostReadCounter, steps: int) -> str:
     return f"- {label}: {total / steps:g} ({detail})"
 
 
-def head_and_loss_cost(pair: str, batch: int, repeats: int) -> dict[str, Timing]:
+def head_and_loss_cost(pair: str, batch: int, repeats: int, channels_last: bool) -> dict[str, Timing]:
     """The part of the step that depends on the scales: both heads, CE + SDD loss, backward into the student map.
 
     Random post-ReLU feature maps of the pair's real shapes; everything else in the step is the same for KD and
@@ -290,8 +290,10 @@ def head_and_loss_cost(pair: str, batch: int, repeats: int) -> dict[str, Timing]
     """
     teacher_name, student_name, _ = PAIRS[pair]
     g = torch.Generator().manual_seed(0)
-    teacher_map = torch.randn(batch, *FEATURE_MAPS[teacher_name], generator=g).relu()
-    student_map = torch.randn(batch, *FEATURE_MAPS[student_name], generator=g).relu().requires_grad_(True)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    teacher_map = torch.randn(batch, *FEATURE_MAPS[teacher_name], generator=g).relu().contiguous(memory_format=layout)
+    student_map = torch.randn(batch, *FEATURE_MAPS[student_name], generator=g).relu().contiguous(memory_format=layout)
+    student_map.requires_grad_(True)
     teacher_classifier = torch.nn.Linear(FEATURE_MAPS[teacher_name][0], CLASSES).requires_grad_(False)
     student_classifier = torch.nn.Linear(FEATURE_MAPS[student_name][0], CLASSES)
     y = torch.randint(0, CLASSES, (batch,), generator=g)
@@ -416,10 +418,17 @@ def main() -> None:
         f"Load average at the end: {load_average()}.",
     ]
     if not args.no_parts:
-        lines += ["", "### The SD-KD-only part of the step (heads, CE + SDD loss, backward into the student's map)", ""]
+        last = args.settings.split(",")[-1]
+        lines += [
+            "",
+            "### The SD-KD-only part of the step (heads, CE + SDD loss, backward into the student's map; "
+            f"layout of the {last!r} setting)",
+            "",
+        ]
         part_rows = []
         for pair in [p.strip() for p in args.pairs.split(",")]:
-            cost = head_and_loss_cost(pair, args.batch, repeats=20)
+            last = args.settings.split(",")[-1]
+            cost = head_and_loss_cost(pair, args.batch, repeats=20, channels_last=SETTINGS[last]["channels_last"])
             extra = cost["SD-KD"].median - cost["KD"].median
             step = get(pair=pair, method="KD", setting=args.settings.split(",")[-1], runner="bare") or next(
                 iter(timings.values())
