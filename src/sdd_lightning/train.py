@@ -44,7 +44,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 RESULTS_FILE = "results.json"
 
 
-def run_dir_of(cfg: DictConfig) -> Path:
+def current_run_dir() -> Path:
     """The run's output folder (Hydra's ``runtime.output_dir``)."""
     return Path(HydraConfig.get().runtime.output_dir)
 
@@ -64,7 +64,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """Runs one training job described by ``cfg`` and returns what it writes to ``results.json``."""
     start = time.perf_counter()
     check_config(cfg)
-    run_dir = run_dir_of(cfg)
+    run_dir = current_run_dir()
     L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
     module = build_module(cfg, datamodule.num_classes)
