@@ -38,6 +38,8 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine_description, markdown_table, write_report
 
+from sdd_lightning.data.transforms import CIFAR100_MEAN as CIFAR_MEAN
+from sdd_lightning.data.transforms import CIFAR100_STD as CIFAR_STD
 from sdd_lightning.models import build_model
 from sdd_lightning.module import DistillationModule
 
@@ -62,8 +64,6 @@ PEAK_BF16_TFLOPS = (
     ("L40S", 362.0),
     ("L4", 121.0),
 )
-CIFAR_MEAN = (0.5071, 0.4865, 0.4409)
-CIFAR_STD = (0.2673, 0.2564, 0.2762)
 
 
 def lookup_peak(device_name: str) -> float | None:
@@ -128,9 +128,9 @@ def build(pair: str, method: str, mode: dict, device: torch.device) -> tuple[Dis
 
 def forward_loss(module: DistillationModule, x: torch.Tensor, y: torch.Tensor, *, bf16: bool) -> torch.Tensor:
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
-        teacher_local = module.teacher_local_logits(x)
-        student_local = module.student_local_logits(x)
-    loss, _ = module.compute_loss(student_local, teacher_local, y)
+        _, teacher_local = module.teacher_logits(x)
+        student_global, student_local = module.student_logits(x)
+    loss, _ = module.compute_loss(student_global, student_local, teacher_local, y)
     return loss
 
 
@@ -145,9 +145,9 @@ def flops_per_image(module: DistillationModule, data: DeviceCifar, batch: int, c
     x, _ = data.batch(batch, channels_last)
     with torch.no_grad():
         with FlopCounterMode(display=False) as teacher:
-            module.teacher_local_logits(x)
+            module.teacher_logits(x)
         with FlopCounterMode(display=False) as student:
-            module.student_local_logits(x)
+            module.student_logits(x)
     return (teacher.get_total_flops() + 3 * student.get_total_flops()) / batch
 
 

@@ -46,13 +46,79 @@ def test_pooling_then_classifying_equals_pooling_the_logit_map(side, classifier)
     torch.testing.assert_close(local, pooled, atol=1e-5, rtol=1e-5)
 
 
-def test_hierarchical_pooling_differs_on_7x7_and_equals_on_8x8(classifier):
+def _official_bins(length: int, bins: int) -> list[tuple[int, int]]:
+    """Bin i of an adaptive average pool covers [floor(i * L / n), ceil((i + 1) * L / n))."""
+    return [((i * length) // bins, -(-(i + 1) * length // bins)) for i in range(bins)]
+
+
+def _official_pool(grid: list[list[torch.Tensor]], bins: int) -> list[list[torch.Tensor]]:
+    """Average pooling of a grid of (B, C) cell vectors onto ``bins x bins``, one cell at a time."""
+    rows = _official_bins(len(grid), bins)
+    cols = _official_bins(len(grid[0]), bins)
+    return [
+        [torch.stack([grid[i][j] for i in range(r0, r1) for j in range(c0, c1)]).mean(0) for c0, c1 in cols]
+        for r0, r1 in rows
+    ]
+
+
+def _official_local_logits(fmap: torch.Tensor, classifier: nn.Linear, scales: tuple[int, ...]) -> torch.Tensor:
+    """The official SPP, written out: pool the map to 4x4, pool that grid to each scale, classify every cell."""
+    cells = [[fmap[:, :, i, j] for j in range(fmap.shape[3])] for i in range(fmap.shape[2])]
+    base = _official_pool(cells, 4)
+    regions = [cell for s in scales for row in (base if s == 4 else _official_pool(base, s)) for cell in row]
+    return torch.stack([classifier(r) for r in regions], dim=1)
+
+
+@pytest.mark.parametrize("scales", [(1, 2), (1, 4), (1, 2, 4)])
+@pytest.mark.parametrize("side", [2, 4, 7, 8, 14])
+def test_hierarchical_pooling_equals_the_official_rule(scales, side, classifier):
+    torch.manual_seed(side)
+    fmap = torch.randn(3, 16, side, side, dtype=torch.float64)
+    clf = classifier.double()
+    head = ScaleDecoupledHead(scales, "hierarchical")
+    expected = _official_local_logits(fmap, clf, scales)
+    torch.testing.assert_close(head(fmap, clf), expected, atol=1e-6, rtol=0)
+    # the network's output (cross-entropy, accuracy) stays the plain global average, as in the official code
+    global_logits, local = head.logits(fmap, clf)
+    torch.testing.assert_close(global_logits, clf(fmap.mean((2, 3))), atol=1e-6, rtol=0)
+    torch.testing.assert_close(local, expected, atol=1e-6, rtol=0)
+
+
+def test_hierarchical_region_zero_is_not_the_global_average_on_7x7(classifier):
+    fmap = torch.randn(2, 16, 7, 7)
+    global_logits, local = ScaleDecoupledHead((1, 2), "hierarchical").logits(fmap, classifier)
+    assert (global_logits - local[:, 0]).abs().max() > 1e-3
+    exact = ScaleDecoupledHead((1, 2, 4), Pooling.EXACT)
+    torch.testing.assert_close(exact.logits(fmap, classifier)[0], classifier(fmap.mean((2, 3))))
+
+
+@pytest.mark.parametrize("side", [4, 8])
+def test_hierarchical_and_exact_agree_when_the_side_divides_by_4(side, classifier):
+    fmap = torch.randn(2, 16, side, side)
     exact = ScaleDecoupledHead((1, 2, 4), Pooling.EXACT)
     official = ScaleDecoupledHead((1, 2, 4), "hierarchical")
-    fmap7 = torch.randn(2, 16, 7, 7)
-    assert not torch.allclose(exact(fmap7, classifier)[:, 0], official(fmap7, classifier)[:, 0], atol=1e-4)
-    fmap8 = torch.randn(2, 16, 8, 8)
-    torch.testing.assert_close(exact(fmap8, classifier), official(fmap8, classifier))
+    torch.testing.assert_close(exact(fmap, classifier), official(fmap, classifier))
+
+
+def test_hierarchical_global_head_is_the_plain_global_head(classifier):
+    # M = {1}: the official code distils the network's ordinary logits, not a pooled 4x4 grid
+    fmap = torch.randn(2, 16, 7, 7)
+    global_logits, local = ScaleDecoupledHead((1,), "hierarchical").logits(fmap, classifier)
+    torch.testing.assert_close(local[:, 0], classifier(fmap.mean((2, 3))))
+    torch.testing.assert_close(global_logits, local[:, 0])
+
+
+@pytest.mark.parametrize("scales", [(1, 3), (1, 2, 8)])
+def test_hierarchical_refuses_scales_the_official_pyramid_lacks(scales):
+    with pytest.raises(ValueError, match="divide 4"):
+        ScaleDecoupledHead(scales, "hierarchical")
+
+
+def test_one_classifier_call_also_with_hierarchical_global_logits(classifier):
+    calls = []
+    classifier.register_forward_hook(lambda *args: calls.append(1))
+    ScaleDecoupledHead((1, 2, 4), "hierarchical").logits(torch.randn(2, 16, 7, 7), classifier)
+    assert len(calls) == 1
 
 
 def test_classifier_runs_once(classifier):

@@ -63,9 +63,9 @@ def test_teacher_stays_in_eval_mode_when_lightning_calls_train():
 def test_global_scale_gives_exactly_plain_kd():
     module = _distiller(scales=(1,), ce_weight=0.1, kd_weight=0.9, temperature=4.0)
     x, y = next(iter(_loader()))
-    student_local = module.student_local_logits(x)
-    teacher_local = module.teacher_local_logits(x)
-    loss, parts = module.compute_loss(student_local, teacher_local, y)
+    student_global, student_local = module.student_logits(x)
+    _, teacher_local = module.teacher_logits(x)
+    loss, parts = module.compute_loss(student_global, student_local, teacher_local, y)
     logits_s, logits_t = module.student(x), module.teacher(x)
     expected = 0.1 * F.cross_entropy(logits_s, y) + 0.9 * kd_loss(logits_s, logits_t, temperature=4.0).mean()
     torch.testing.assert_close(loss, expected, rtol=1e-6, atol=1e-7)
@@ -76,7 +76,7 @@ def test_region_zero_is_the_student_output():
     module = _distiller(scales=(1, 2, 4))
     x, _ = next(iter(_loader()))
     module.eval()
-    torch.testing.assert_close(module.student_local_logits(x)[:, 0], module.student(x))
+    torch.testing.assert_close(module.student_logits(x)[1][:, 0], module.student(x))
 
 
 def test_warmup_is_linear_from_the_first_epoch():
@@ -130,3 +130,18 @@ def test_checkpoints_load_with_weights_only(tmp_path):
     trainer.save_checkpoint(path)
     checkpoint = torch.load(path, weights_only=True)  # plain types only: no enums or callables pickled
     assert checkpoint["hyper_parameters"]["pooling"] == "exact"
+
+
+def test_hierarchical_pooling_keeps_cross_entropy_and_accuracy_on_the_true_global_logits():
+    # 7x7 maps: the official 4x4-first pyramid's region 0 is not the global average there
+    torch.manual_seed(0)
+    teacher, student = SmallNet(width=12, map_size=7), SmallNet(width=4, map_size=7)
+    module = DistillationModule(student, teacher, num_classes=10, scales=(1, 2), pooling="hierarchical")
+    module.eval()
+    x, y = next(iter(_loader()))
+    student_global, student_local = module.student_logits(x)
+    torch.testing.assert_close(student_global, module.student(x))
+    assert (student_local[:, 0] - student_global).abs().max() > 1e-4
+    _, parts = module.compute_loss(student_global, student_local, module.teacher_logits(x)[1], y)
+    torch.testing.assert_close(parts["loss_ce"], F.cross_entropy(module.student(x), y))
+    torch.testing.assert_close(module.evaluation_logits(x), module.student(x))

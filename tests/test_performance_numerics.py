@@ -39,7 +39,7 @@ def _step_loss(module, batch, *, bf16=False):
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         x, y = batch
         x = module._prepare(x)
-        loss, _ = module.compute_loss(module.student_local_logits(x), module.teacher_local_logits(x), y)
+        loss, _ = module.compute_loss(*module.student_logits(x), module.teacher_logits(x)[1], y)
     return loss
 
 
@@ -50,7 +50,7 @@ def test_bf16_autocast_step_loss_is_within_1e_2_of_fp32(base):
     module = _module(base)
     bf16 = _step_loss(module, batch, bf16=True)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert module.student_local_logits(batch[0]).dtype == torch.bfloat16  # autocast did run in bf16
+        assert module.student_logits(batch[0])[1].dtype == torch.bfloat16  # autocast did run in bf16
     assert bf16.dtype == torch.float32
     assert torch.isfinite(bf16)
     assert abs(bf16.item() - fp32.item()) <= 1e-2 * abs(fp32.item())
@@ -98,10 +98,10 @@ def test_the_loss_of_a_step_compiles_without_graph_breaks():
     """``fullgraph=True`` fails on any host read (``.item()``, ``bool(tensor)``) or data-dependent shape."""
     module = _module(channels_last=True, fold_teacher_bn=True)
     x, y = _batch()
-    student_local, teacher_local = module.student_local_logits(x), module.teacher_local_logits(x)
+    (student_global, student_local), teacher_local = module.student_logits(x), module.teacher_logits(x)[1]
     compiled = torch.compile(module.compute_loss, fullgraph=True, backend="eager")
-    loss, parts = compiled(student_local, teacher_local, y)
-    expected, expected_parts = module.compute_loss(student_local, teacher_local, y)
+    loss, parts = compiled(student_global, student_local, teacher_local, y)
+    expected, expected_parts = module.compute_loss(student_global, student_local, teacher_local, y)
     torch.testing.assert_close(loss, expected)
     torch.testing.assert_close(parts, expected_parts)
     compiled_head = torch.compile(module.head, fullgraph=True, backend="eager")

@@ -25,11 +25,18 @@ class Pooling(StrEnum):
     """Adaptive average pooling of the feature map, separately for every scale (the default)."""
 
     HIERARCHICAL = "hierarchical"
-    """The official SDD code: pool to the largest scale first, then pool that grid to the smaller ones.
+    """The official SDD code's spatial pyramid: pool the map to 4x4 first, then pool that 4x4 grid to
+    each smaller scale (also when the scales are {1, 2}). Scales must divide 4.
 
-    Identical to ``EXACT`` when the map side is divisible by the largest scale; on e.g. a 7x7 map the
-    bins overlap and even the "global" region is not the plain global average.
+    Identical to ``EXACT`` when the map side is divisible by 4 (every CIFAR network); on e.g. a 7x7 or 14x14
+    map the adaptive 4x4 bins overlap, and even the "global" region 0 is not the plain global average. As in
+    the official code, the cross-entropy and the reported accuracy then use the network's true global logits
+    (:meth:`ScaleDecoupledHead.logits`), and ``scales=(1,)`` is the plain global head.
     """
+
+
+# The grid the official spatial pyramid pools to before the smaller scales.
+_OFFICIAL_BASE_GRID = 4
 
 
 def validate_scales(scales: Sequence[int]) -> tuple[int, ...]:
@@ -74,6 +81,12 @@ class ScaleDecoupledHead(nn.Module):
         except ValueError:
             choices = ", ".join(p.value for p in Pooling)
             raise ValueError(f"pooling must be one of {choices}, got {pooling!r}") from None
+        if self.pooling is Pooling.HIERARCHICAL and any(_OFFICIAL_BASE_GRID % s for s in self.scales):
+            raise ValueError(
+                f"pooling=hierarchical follows the official code, which pools to {_OFFICIAL_BASE_GRID}x"
+                f"{_OFFICIAL_BASE_GRID} first and supports only scales that divide {_OFFICIAL_BASE_GRID} "
+                f"(1, 2, 4); got scales={self.scales}. Use pooling=exact for other scales."
+            )
 
     @property
     def num_regions(self) -> int:
@@ -84,18 +97,39 @@ class ScaleDecoupledHead(nn.Module):
         """Region vectors ``(B, R, C)`` of a feature map ``(B, C, h, w)``."""
         if feature_map.dim() != 4:
             raise ValueError(f"expected a feature map of shape (B, C, h, w), got shape {tuple(feature_map.shape)}")
-        if self.pooling is Pooling.HIERARCHICAL:
-            finest = F.adaptive_avg_pool2d(feature_map, max(self.scales))
-            grids = [F.adaptive_avg_pool2d(finest, s) for s in self.scales]
+        if self.pooling is Pooling.HIERARCHICAL and self.scales != (1,):
+            base = F.adaptive_avg_pool2d(feature_map, _OFFICIAL_BASE_GRID)
+            grids = [F.adaptive_avg_pool2d(base, s) for s in self.scales]
         else:
             grids = [F.adaptive_avg_pool2d(feature_map, s) for s in self.scales]
         # (B, C, s, s) -> (B, C, s*s), row-major within a scale; concatenated scale by scale.
         regions = torch.cat([g.flatten(2) for g in grids], dim=2)
         return regions.transpose(1, 2)
 
+    @property
+    def region_zero_is_global(self) -> bool:
+        """Whether region 0 is the plain global average (always with exact pooling; with hierarchical pooling
+        only for ``scales=(1,)``)."""
+        return self.scales[0] == 1 and (self.pooling is Pooling.EXACT or self.scales == (1,))
+
     def forward(self, feature_map: torch.Tensor, classifier: nn.Module) -> torch.Tensor:
         """Local logits ``(B, R, K)``: ``classifier`` applied once to every pooled region."""
         return classifier(self.pool(feature_map))
+
+    def logits(self, feature_map: torch.Tensor, classifier: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+        """The network's global logits ``(B, K)`` and its local logits ``(B, R, K)``, with one classifier call.
+
+        The global logits are the classifier on the global average of the map: what the network outputs, and
+        what the cross-entropy and the accuracy use. With exact pooling they are region 0; with hierarchical
+        pooling region 0 may differ (see :class:`Pooling`), so the global average is pooled as one more vector.
+        """
+        regions = self.pool(feature_map)
+        if self.region_zero_is_global:
+            local = classifier(regions)
+            return local[:, 0], local
+        global_vector = feature_map.mean((2, 3)).unsqueeze(1)
+        out = classifier(torch.cat([global_vector, regions], dim=1))
+        return out[:, 0], out[:, 1:]
 
     def extra_repr(self) -> str:
         return f"scales={self.scales}, pooling={self.pooling.value}"

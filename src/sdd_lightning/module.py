@@ -260,30 +260,32 @@ class DistillationModule(ClassificationModule):
         """The teacher's final feature map ``(B, C, h, w)`` and its linear classifier."""
         return self.teacher.forward_features(x), get_classifier(self.teacher)
 
-    # -- local logits ------------------------------------------------------------------------------
-    def student_local_logits(self, x: torch.Tensor) -> torch.Tensor:
-        """The student's local logits ``(B, R, K)``; region 0 is its ordinary output."""
+    # -- global and local logits -------------------------------------------------------------------
+    def student_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The student's global logits ``(B, K)`` (its ordinary output) and local logits ``(B, R, K)``."""
         feature_map, classifier = self.student_features(x)
-        return self.head(feature_map, classifier)
+        return self.head.logits(feature_map, classifier)
 
     @torch.no_grad()
-    def teacher_local_logits(self, x: torch.Tensor) -> torch.Tensor:
-        """The teacher's local logits ``(B, R, K)``, without gradients."""
+    def teacher_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The teacher's global and local logits, without gradients."""
         feature_map, classifier = self.teacher_features(x)
-        return self.head(feature_map, classifier)
+        return self.head.logits(feature_map, classifier)
 
     def distillation_weight(self) -> float:
         """``kd_weight`` times the warm-up factor of the current epoch."""
         return self.kd_weight * warmup_factor(self.current_epoch + 1, self.warmup_epochs)
 
     def compute_loss(
-        self, student_local: torch.Tensor, teacher_local: torch.Tensor, y: torch.Tensor
+        self, student_global: torch.Tensor, student_local: torch.Tensor, teacher_local: torch.Tensor, y: torch.Tensor
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Total loss and its parts from the local logits (fp32, whatever the autocast)."""
-        student_local = student_local.float()
-        ce = F.cross_entropy(student_local[:, 0], y)
+        """Total loss and its parts (fp32, whatever the autocast).
+
+        The cross-entropy uses the student's global logits (its ordinary output); the SDD term the local logits.
+        """
+        ce = F.cross_entropy(student_global.float(), y)
         sdd = scale_decoupled_loss(
-            student_local,
+            student_local.float(),
             teacher_local.float(),
             y,
             base=self.base_loss,
@@ -303,10 +305,10 @@ class DistillationModule(ClassificationModule):
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch
         x = self._prepare(x)
-        teacher_local = self.teacher_local_logits(x)
-        student_local = self.student_local_logits(x)
-        loss, parts = self.compute_loss(student_local, teacher_local, y)
-        self._log_train(loss, student_local[:, 0], y, parts)
+        _, teacher_local = self.teacher_logits(x)
+        student_global, student_local = self.student_logits(x)
+        loss, parts = self.compute_loss(student_global, student_local, teacher_local, y)
+        self._log_train(loss, student_global, y, parts)
         return loss
 
     # -- validation: the student as usual, and the teacher once -----------------------------------
@@ -318,11 +320,12 @@ class DistillationModule(ClassificationModule):
         x, y = batch
         x = self._prepare(x)
         if getattr(self, "_measure_teacher_now", False):
-            self.teacher_val_acc1(self.teacher_local_logits(x)[:, 0], y)
-        self._log_val(self.student_local_logits(x)[:, 0], y)
+            self.teacher_val_acc1(self.teacher_logits(x)[0], y)
+        self._log_val(self.evaluation_logits(x), y)
 
     def evaluation_logits(self, x: torch.Tensor) -> torch.Tensor:
-        return self.student_local_logits(self._prepare(x))[:, 0]
+        feature_map, classifier = self.student_features(self._prepare(x))
+        return self.head.logits(feature_map, classifier)[0]
 
     def on_validation_epoch_end(self) -> None:
         super().on_validation_epoch_end()
