@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import importlib.util
 
+import lightning as L
 import pytest
 import torch
-from app_helpers import CONF_DIR, compose_config
+from app_helpers import CONF_DIR, TINY, compose_config
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from sdd_lightning.builders import build_module, check_config, is_distillation
 
@@ -67,3 +69,40 @@ def test_every_experiment_composes_and_instantiates(experiment, tmp_path, monkey
         assert cfg.distill.scales[0] == 1
     else:
         assert not hasattr(module, "teacher")
+
+
+RUNTIME = {
+    # trainer: (channels_last, compile, fold_teacher_bn, sync_batchnorm)
+    "cpu": (False, False, True, False),
+    "gpu": (True, False, True, False),
+    "ddp": (True, False, True, True),
+    "ddp_sim": (False, False, True, False),
+}
+
+
+@pytest.mark.parametrize("trainer", sorted(RUNTIME))
+def test_a_trainers_runtime_switches_win_over_the_root_defaults(trainer):
+    runtime = compose_config([f"trainer={trainer}"]).runtime
+    assert (runtime.channels_last, runtime.compile, runtime.fold_teacher_bn, runtime.sync_batchnorm) == RUNTIME[trainer]
+
+
+def test_a_command_line_override_wins_over_the_trainer():
+    cfg = compose_config(["trainer=gpu", "runtime.channels_last=false", "runtime.fold_teacher_bn=false"])
+    assert not cfg.runtime.channels_last and not cfg.runtime.fold_teacher_bn
+    assert compose_config(["trainer=ddp", "runtime.sync_batchnorm=false"]).trainer.sync_batchnorm is False
+
+
+def test_an_experiment_keeps_its_trainers_switches():
+    cfg = compose_config(["experiment=imagenet/res34_res18_sd_kd"])
+    assert cfg.runtime.sync_batchnorm and cfg.trainer.sync_batchnorm and cfg.runtime.channels_last
+
+
+def test_trainer_ddp_gives_the_student_syncbatchnorm(tmp_path):
+    # The Trainer that trainer=ddp builds, on CPU processes instead of GPUs. PyTorch's DDP runs SyncBatchNorm on
+    # GPUs only, so this checks what Lightning's DDP strategy does to the module before it wraps it.
+    cfg = compose_config([*TINY, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"], run_dir=tmp_path)
+    trainer = L.Trainer(**OmegaConf.to_container(cfg.trainer, resolve=True), logger=False, default_root_dir=tmp_path)
+    module = build_module(cfg, 16)
+    synced = trainer.strategy._layer_sync.apply(module)  # what DDPStrategy.setup applies
+    norms = {type(m).__name__ for m in synced.model.modules() if "Norm" in type(m).__name__}
+    assert norms == {"SyncBatchNorm"}

@@ -47,11 +47,12 @@ def test_teacher_run_writes_results_and_checkpoints(teacher_run):
 @pytest.mark.parametrize("method", METHODS)
 def test_each_method_runs_end_to_end(method, teacher_run, tmp_path):
     teacher_ckpt = teacher_run / "checkpoints" / "last.ckpt"
-    cfg = compose_config(
-        [*TINY, f"distill={method}", "teacher.arch=small_cnn", f"teacher.checkpoint={teacher_ckpt}", "epochs=1"],
-        tmp_path,
-    )
+    probe = ["+callbacks.probe._target_=probes.NormLayerProbe", f"+callbacks.probe.path={tmp_path / 'norms.json'}"]
+    overrides = [f"distill={method}", "teacher.arch=small_cnn", f"teacher.checkpoint={teacher_ckpt}", "epochs=1"]
+    cfg = compose_config([*TINY, *overrides, *probe], tmp_path)
     results = train(cfg)
+    # trainer=cpu (the default) folds the teacher's BatchNorm into its convolutions; the student keeps its own
+    assert json.loads((tmp_path / "norms.rank0.json").read_text()) == {"student": ["BatchNorm2d"], "teacher": []}
     assert read_results(tmp_path) == json.loads(json.dumps(results))
     assert results["distill"] == method and results["epochs"] == 1
     assert 0.0 <= results["val/acc1_best"] <= 1.0
