@@ -485,3 +485,29 @@ def test_adapter_refuses_timm_heads_that_are_not_linear():
 def test_unknown_adapter_names():
     with pytest.raises(ValueError, match="torchvision has no classification model 'resnet19'"):
         build_model("torchvision:resnet19", 10)
+
+
+def _looks_default_initialised(weight: torch.Tensor) -> bool:
+    """PyTorch's default Conv2d/Linear init is uniform within 1/sqrt(fan_in) (std 1/sqrt(3 fan_in)); the original
+    CIFAR code's He-normal init (std sqrt(2 / fan_out)) breaks the bound and has another spread."""
+    fan_in = weight[0].numel()
+    bound = 1 / fan_in**0.5
+    return bool(weight.abs().max() <= bound) and abs(weight.std().item() * 3**0.5 / bound - 1) < 0.1
+
+
+@pytest.mark.parametrize(
+    ("name", "layer"),
+    [("resnet32x4", "conv1"), ("ResNet50", "conv1"), ("wrn_40_2", "conv1"), ("MobileNetV2", "conv1.0")],
+)
+def test_the_imagenet_stem_keeps_pytorchs_default_init_as_in_the_official_cub_code(name, layer):
+    torch.manual_seed(0)
+    assert _looks_default_initialised(build_model(name, 200, stem="imagenet").get_submodule(layer).weight)
+    # the CIFAR stem keeps the He-normal init of the original code
+    assert not _looks_default_initialised(build_model(name, 200).get_submodule(layer).weight)
+
+
+def test_the_cub_vgg_classifier_keeps_pytorchs_default_init():
+    torch.manual_seed(0)
+    cub, cifar = build_model("vgg13", 200, stem="imagenet").classifier, build_model("vgg13", 200).classifier
+    assert _looks_default_initialised(cub.weight) and cub.bias.abs().sum() > 0
+    assert not _looks_default_initialised(cifar.weight) and torch.all(cifar.bias == 0)  # N(0, 0.01), zero bias

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-__all__ = ["conv_bn", "init_weights"]
+__all__ = ["conv_bn", "init_weights", "reset_to_default_init"]
 
 
 def conv_bn(
@@ -53,3 +53,18 @@ def init_weights(model: nn.Module, *, linear_std: float | None = None, zero_line
                 nn.init.normal_(module.weight, 0.0, linear_std)
             if (linear_std is not None or zero_linear_bias) and module.bias is not None:
                 nn.init.zeros_(module.bias)
+
+
+def reset_to_default_init(*modules: nn.Module) -> None:
+    """Gives every layer inside ``modules`` PyTorch's own default initialisation again.
+
+    The official CUB-200-2011 code builds a CIFAR network, initialises it, and then replaces its stem (and, for
+    some networks, its classifier) with new layers, which therefore keep PyTorch's default initialisation; the
+    networks here build those layers in place and call this to match. Meta-device layers are left alone.
+    """
+    for module in modules:
+        if any(parameter.is_meta for parameter in module.parameters()):
+            continue
+        for layer in module.modules():
+            if hasattr(layer, "reset_parameters"):
+                layer.reset_parameters()

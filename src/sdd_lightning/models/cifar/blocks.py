@@ -24,7 +24,9 @@ class Stem(StrEnum):
     IMAGENET = "imagenet"
     """The official SDD recipe for 224x224 input (CUB-200-2011): the first convolution becomes 7x7 with
     stride 2 and padding 3, with the same output channels; MobileNetV2 also gets a 2x2 max-pool after it.
-    Each architecture's docstring says exactly what it changes (VGG: nothing, as in the official recipe)."""
+    The official code swaps these layers (and the classifier of ResNets and VGG) in after initialising the
+    network, so they keep PyTorch's default initialisation; the networks here do the same. Each
+    architecture's docstring says exactly what it changes (VGG: only the classifier's initialisation)."""
 
 
 def parse_stem(stem: Stem | str) -> Stem:

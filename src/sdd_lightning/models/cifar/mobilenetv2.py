@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ..base import FeatureClassifierNet
-from ..layers import conv_bn, init_weights
+from ..layers import conv_bn, init_weights, reset_to_default_init
 from .blocks import Stem, parse_stem
 
 __all__ = ["InvertedResidual", "MobileNetV2", "mobile_half"]
@@ -84,6 +84,8 @@ class MobileNetV2(FeatureClassifierNet):
         self.conv2 = conv_bn(channels, last_channels, 1)
         self.classifier = nn.Sequential(nn.Linear(last_channels, num_classes))
         init_weights(self, linear_std=0.01)
+        if parse_stem(stem) is Stem.IMAGENET:  # the official CUB code replaces the stem after initialising
+            reset_to_default_init(self.conv1)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv1(x)

@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..base import FeatureClassifierNet
-from ..layers import init_weights
-from .blocks import BasicBlock, Stem, stem_conv
+from ..layers import init_weights, reset_to_default_init
+from .blocks import BasicBlock, Stem, parse_stem, stem_conv
 
 __all__ = [
     "CifarResNet",
@@ -62,6 +62,8 @@ class CifarResNet(FeatureClassifierNet):
         self.layer3 = self._make_stage(widths[3], blocks_per_stage, stride=2)
         self.fc = nn.Linear(widths[3], num_classes)
         init_weights(self)
+        if parse_stem(stem) is Stem.IMAGENET:  # the official CUB code replaces both after initialising
+            reset_to_default_init(self.conv1, self.fc)
 
     def _make_stage(self, planes: int, blocks: int, stride: int) -> nn.Sequential:
         layers = []

@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..base import FeatureClassifierNet
-from ..layers import init_weights
-from .blocks import BasicBlock, Bottleneck, Stem, stem_conv
+from ..layers import init_weights, reset_to_default_init
+from .blocks import BasicBlock, Bottleneck, Stem, parse_stem, stem_conv
 
 __all__ = ["CifarResNetV2", "ResNet18", "ResNet50"]
 
@@ -50,6 +50,8 @@ class CifarResNetV2(FeatureClassifierNet):
         self.layer4 = self._make_stage(block, 512, num_blocks[3], stride=2)
         self.linear = nn.Linear(512 * block.expansion, num_classes)
         init_weights(self)
+        if parse_stem(stem) is Stem.IMAGENET:  # the official CUB code replaces both after initialising
+            reset_to_default_init(self.conv1, self.linear)
         if zero_init_residual:
             for module in self.modules():
                 if isinstance(module, Bottleneck):

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..base import FeatureClassifierNet
-from ..layers import init_weights
+from ..layers import init_weights, reset_to_default_init
 from .blocks import Stem, parse_stem
 
 __all__ = ["VGG", "vgg8", "vgg11", "vgg13", "vgg16", "vgg19"]
@@ -50,10 +50,11 @@ class VGG(FeatureClassifierNet):
     Args:
         config: output channels of the convolutions of each of the five blocks.
         num_classes: classifier outputs.
-        stem: accepted so that every CIFAR architecture takes the same options, but it changes nothing: the
-            official SDD CUB-200 recipe keeps VGG's layers as they are for 224x224 input (only the
-            classifier's class count changes), so VGG runs its 3x3 convolutions at full resolution and ends on
-            a 28x28 map there. That is what the published CUB VGG13 / VGG8 numbers were trained with.
+        stem: ``"imagenet"`` keeps VGG's layers as they are for 224x224 input, as the official SDD CUB-200
+            recipe does, so VGG runs its 3x3 convolutions at full resolution and ends on a 28x28 map there;
+            the only change is that the classifier keeps PyTorch's default initialisation (the official code
+            replaces it after initialising the network). That is what the published CUB VGG13 / VGG8 numbers
+            were trained with.
 
     As in the original code, a fourth max-pool runs between blocks 3 and 4 only for 64x64 input
     (Tiny-ImageNet); otherwise the map of block 3 goes to block 4 unpooled.
@@ -61,7 +62,6 @@ class VGG(FeatureClassifierNet):
 
     def __init__(self, config: Sequence[Sequence[int]], num_classes: int = 100, stem: Stem | str = Stem.CIFAR) -> None:
         super().__init__()
-        parse_stem(stem)  # validated only; see the docstring
         if len(config) != 5:
             raise ValueError(f"config must give the convolution widths of 5 blocks, got {len(config)}")
         in_channels = [3] + [widths[-1] for widths in config[:-1]]
@@ -72,6 +72,8 @@ class VGG(FeatureClassifierNet):
         self.block4 = _conv_block(in_channels[4], config[4])
         self.classifier = nn.Linear(config[4][-1], num_classes)
         init_weights(self, linear_std=0.01)
+        if parse_stem(stem) is Stem.IMAGENET:  # the official CUB code replaces the classifier after initialising
+            reset_to_default_init(self.classifier)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         tiny_imagenet = x.shape[2] == 64

@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..base import FeatureClassifierNet
-from ..layers import init_weights
-from .blocks import Stem, stem_conv
+from ..layers import init_weights, reset_to_default_init
+from .blocks import Stem, parse_stem, stem_conv
 
 __all__ = ["WideResNet", "wrn_16_1", "wrn_16_2", "wrn_40_1", "wrn_40_2"]
 
@@ -95,6 +95,8 @@ class WideResNet(FeatureClassifierNet):
         self.bn1 = nn.BatchNorm2d(widths[3])
         self.fc = nn.Linear(widths[3], num_classes)
         init_weights(self, zero_linear_bias=True)
+        if parse_stem(stem) is Stem.IMAGENET:  # a replaced stem keeps PyTorch's default, as in the CUB code
+            reset_to_default_init(self.conv1)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.block3(self.block2(self.block1(self.conv1(x))))
