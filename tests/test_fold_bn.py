@@ -168,3 +168,17 @@ def test_a_folded_module_saves_and_resumes_from_its_own_checkpoint(tmp_path):
     assert resumed.current_epoch == 2
     for key, value in rebuilt.teacher.state_dict().items():
         assert torch.equal(value, teacher_before[key]), key
+
+
+def test_a_network_without_batchnorm_is_left_as_it_is_without_a_trial_run():
+    class FixedSize(nn.Module):  # like a transformer built for one input size: a 32x32 trial run would fail
+        def __init__(self):
+            super().__init__()
+            self.proj = nn.Linear(3 * 8 * 8, 4)
+
+        def forward_features(self, x):
+            assert x.shape[-2:] == (8, 8), "this network takes 8x8 images only"
+            return self.proj(x.flatten(1))
+
+    net = FixedSize()
+    assert fold_batchnorm(net) is net and not net.training

@@ -126,8 +126,10 @@ def fold_batchnorm(model: nn.Module, example_input: torch.Tensor | None = None) 
     Returns:
         ``model`` itself, folded and in eval mode.
     """
-    pairs = find_conv_bn_pairs(model, example_input)
     model.eval()
+    if not any(isinstance(m, nn.BatchNorm2d) for m in model.modules()):
+        return model  # nothing to fold (e.g. a vision transformer): no trial run, whatever input size it takes
+    pairs = find_conv_bn_pairs(model, example_input)
     for conv_name, bn_name in pairs:
         conv, bn = model.get_submodule(conv_name), model.get_submodule(bn_name)
         fused = fuse_conv_bn_eval(conv, bn)
