@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from sdd_lightning.data.layout import DatasetLocation
 from sdd_lightning.data.seeding import derive_seed
 
-__all__ = ["ClassificationDataModule"]
+__all__ = ["ClassificationDataModule", "ImageFileDataModule"]
 
 
 class ClassificationDataModule(L.LightningDataModule):
@@ -37,9 +39,13 @@ class ClassificationDataModule(L.LightningDataModule):
             ``lightning.seed_everything(seed, workers=True)``.
         drop_last: Drop the last incomplete training batch.
         persistent_workers: Keep the workers alive between epochs (when ``num_workers > 0``).
+        download: Fetch and extract the official archive in ``prepare_data`` when the files are not there
+            yet (data sets with a ``location`` only).
     """
 
     num_classes: int
+    location: DatasetLocation | None = None
+    """Where a downloadable data set lives under ``root`` (``None``: not downloadable, found by the subclass)."""
 
     def __init__(
         self,
@@ -52,6 +58,7 @@ class ClassificationDataModule(L.LightningDataModule):
         seed: int = 0,
         drop_last: bool = False,
         persistent_workers: bool = True,
+        download: bool = False,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -70,8 +77,22 @@ class ClassificationDataModule(L.LightningDataModule):
         self.seed = seed
         self.drop_last = drop_last
         self.persistent_workers = persistent_workers
+        if download and self.location is None:
+            raise ValueError(f"{type(self).__name__} cannot be downloaded: set download=false and give data.root")
+        self.download = download
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
+
+    def prepare_data(self) -> None:
+        """Download and extract the official archive if ``download`` is set and the files are missing."""
+        if self.location is not None:
+            self.location.prepare(self.root, self.download)
+
+    def _folder(self) -> Path:
+        """The data set's folder under ``root``, or a ``DatasetError`` that names the layout and the fix."""
+        if self.location is None:
+            raise NotImplementedError(f"{type(self).__name__} finds its files itself")
+        return self.location.find(self.root, self.download)
 
     def _rank_and_world_size(self) -> tuple[int, int]:
         """This process's global rank and the number of processes, from the attached trainer if any."""
@@ -108,3 +129,29 @@ class ClassificationDataModule(L.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         """The same split and loader as ``val_dataloader`` (the paper's protocol)."""
         return self.val_dataloader()
+
+
+class ImageFileDataModule(ClassificationDataModule):
+    """Base of the data modules that decode image files (ImageNet, CUB-200-2011).
+
+    Args:
+        root: Folder of the data set (see the subclass).
+        num_classes: Number of classes expected.
+        crop_size: Side of the training and evaluation crops.
+        resize_size: Side of the resize before cropping (see the subclass).
+        **loader_options: The loader settings of :class:`ClassificationDataModule`.
+    """
+
+    def __init__(
+        self, root: str | Path, *, num_classes: int, crop_size: int = 224, resize_size: int = 256, **loader_options: Any
+    ) -> None:
+        super().__init__(root, **loader_options)
+        if num_classes < 1 or crop_size < 1 or resize_size < crop_size:
+            raise ValueError(
+                "need num_classes >= 1 and 1 <= crop_size <= resize_size, "
+                f"got {num_classes}, {crop_size}, {resize_size}"
+            )
+        self.num_classes = num_classes
+        self.crop_size = crop_size
+        self.resize_size = resize_size
+        self.class_names: list[str] | None = None

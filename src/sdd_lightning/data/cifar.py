@@ -11,15 +11,22 @@ import torch
 
 from sdd_lightning.data.errors import DatasetError
 from sdd_lightning.data.in_memory import InMemoryImageDataModule
-from sdd_lightning.data.layout import download_archive, locate_dataset_dir
+from sdd_lightning.data.layout import DatasetLocation
 from sdd_lightning.data.transforms import CIFAR100_MEAN, CIFAR100_STD
 
 __all__ = ["CIFAR100_MD5", "CIFAR100_URL", "Cifar100DataModule", "read_cifar100_meta", "read_cifar100_split"]
 
 CIFAR100_URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
 CIFAR100_MD5 = "eb9058c3a382ffc7106e4002c42a8d85"
-_FOLDER = "cifar-100-python"
-_FILES = ("train", "test", "meta")
+CIFAR100_LOCATION = DatasetLocation(
+    name="CIFAR-100",
+    folder="cifar-100-python",
+    required=("train", "test", "meta"),
+    layout="train, test, meta (the python version of the data set)",
+    url=CIFAR100_URL,
+    md5=CIFAR100_MD5,
+    size="161 MB",
+)
 _NUM_CLASSES = 100
 _IMAGE_SHAPE = (3, 32, 32)
 
@@ -135,21 +142,17 @@ class Cifar100DataModule(InMemoryImageDataModule):
 
     Args:
         root: Where the data set is (or goes, with ``download``).
-        download: Fetch and extract the official archive (161 MB, md5-checked) in ``prepare_data``
-            when the files are not there yet.
-        batch_size: Training images per batch **per device** (the official recipe: 64 on one GPU).
-        eval_batch_size: Evaluation images per batch per device; ``None`` uses ``batch_size``.
-        num_workers: ``DataLoader`` workers per device (unused when ``device_resident``).
-        pin_memory: Page-lock host batches (unused when ``device_resident``).
-        seed: Seed of the training order and augmentation (see ``ClassificationDataModule``).
         device_resident: Use the on-device pipeline described above.
         augment: Random crop and flip for training.
         padding: Padding of the random crop.
-        drop_last: Drop the last incomplete training batch.
-        persistent_workers: Keep workers alive between epochs.
+        **loader_options: The loader settings of :class:`~sdd_lightning.data.base.ClassificationDataModule`
+            (``batch_size`` per device, ``eval_batch_size``, ``num_workers``, ``pin_memory``, ``seed``,
+            ``drop_last``, ``persistent_workers``, and ``download``: fetch and extract the official archive,
+            161 MB, md5-checked, in ``prepare_data`` when the files are not there yet).
     """
 
     num_classes = _NUM_CLASSES
+    location = CIFAR100_LOCATION
     mean = CIFAR100_MEAN
     std = CIFAR100_STD
 
@@ -157,61 +160,13 @@ class Cifar100DataModule(InMemoryImageDataModule):
         self,
         root: str | Path = "data",
         *,
-        download: bool = False,
-        batch_size: int = 64,
-        eval_batch_size: int | None = None,
-        num_workers: int = 2,
-        pin_memory: bool = False,
-        seed: int = 0,
         device_resident: bool = False,
         augment: bool = True,
         padding: int = 4,
-        drop_last: bool = False,
-        persistent_workers: bool = True,
+        **loader_options: Any,
     ) -> None:
-        super().__init__(
-            root,
-            device_resident=device_resident,
-            augment=augment,
-            padding=padding,
-            batch_size=batch_size,
-            eval_batch_size=eval_batch_size,
-            num_workers=num_workers,
-            pin_memory=pin_memory,
-            seed=seed,
-            drop_last=drop_last,
-            persistent_workers=persistent_workers,
-        )
-        self.download = download
+        super().__init__(root, device_resident=device_resident, augment=augment, padding=padding, **loader_options)
         self.class_names: list[str] | None = None
-
-    def _located(self) -> Path | None:
-        return locate_dataset_dir(self.root, _FOLDER, _FILES)
-
-    def prepare_data(self) -> None:
-        """Download and extract the official archive if ``download`` is set and the files are missing."""
-        folder = self._located()
-        if not self.download or (folder is not None and all((folder / f).is_file() for f in _FILES)):
-            return
-        target = self.root.parent if self.root.name == _FOLDER else self.root
-        download_archive(CIFAR100_URL, target, CIFAR100_MD5)
-
-    def _folder(self) -> Path:
-        folder = self._located()
-        if folder is None:
-            hint = (
-                "download=True is set but prepare_data() has not run: call prepare_data() before setup() "
-                "(the Trainer does both)"
-                if self.download
-                else f"set data.download=true (download=True) to fetch {CIFAR100_URL} (161 MB, md5-checked)"
-            )
-            raise DatasetError(
-                f"CIFAR-100 not found under {self.root}. Expected the python version of the data set:\n"
-                f"  {self.root}/{_FOLDER}/train, test, meta\n"
-                f"(data.root may also point at {_FOLDER}/ itself). Fix: {hint}, or set data.root=... to the "
-                f"folder that holds {_FOLDER}/."
-            )
-        return folder
 
     def setup(self, stage: str | None = None) -> None:
         """Read and check the pickles the stage needs."""

@@ -4,19 +4,28 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from sdd_lightning.data.base import ClassificationDataModule
+from sdd_lightning.data.base import ImageFileDataModule
 from sdd_lightning.data.errors import DatasetError
 from sdd_lightning.data.image_files import ImageListDataset
-from sdd_lightning.data.layout import download_archive, locate_dataset_dir
+from sdd_lightning.data.layout import DatasetLocation
 from sdd_lightning.data.transforms import cub_eval_transform, cub_train_transform
 
 __all__ = ["CUB200_MD5", "CUB200_URL", "Cub200DataModule", "CubIndex", "read_cub200_index"]
 
 CUB200_URL = "https://data.caltech.edu/records/65de6-vp158/files/CUB_200_2011.tgz"
 CUB200_MD5 = "97eceeb196236b17998738112f37df78"
-_FOLDER = "CUB_200_2011"
 _METADATA = ("images.txt", "image_class_labels.txt", "train_test_split.txt", "classes.txt")
+CUB200_LOCATION = DatasetLocation(
+    name="CUB-200-2011",
+    folder="CUB_200_2011",
+    required=(*_METADATA, "images"),
+    layout="images/<class>/*.jpg, images.txt, image_class_labels.txt, train_test_split.txt, classes.txt",
+    url=CUB200_URL,
+    md5=CUB200_MD5,
+    size="1.1 GB",
+)
 
 
 @dataclass(frozen=True)
@@ -109,7 +118,7 @@ def read_cub200_index(folder: str | Path, num_classes: int = 200) -> CubIndex:
     )
 
 
-class Cub200DataModule(ClassificationDataModule):
+class Cub200DataModule(ImageFileDataModule):
     """CUB-200-2011 birds (5,994 training and 5,794 test images, 200 classes), as in the SDD paper.
 
     Reads the official archive's layout ``CUB_200_2011/{images/, images.txt, image_class_labels.txt,
@@ -120,81 +129,20 @@ class Cub200DataModule(ClassificationDataModule):
 
     Args:
         root: Where the data set is (or goes, with ``download``).
-        download: Fetch and extract the official archive (1.1 GB, md5-checked) in ``prepare_data``
-            when the files are not there yet.
         num_classes: Classes listed in ``classes.txt`` (200 for the real set).
-        crop_size: Side of the training and evaluation crops.
-        resize_size: Side of the square resize before cropping.
-        batch_size: Training images per batch **per device** (the official recipe: 64).
-        eval_batch_size: Evaluation images per batch per device; ``None`` uses ``batch_size``.
-        num_workers: Decoding workers per device.
-        pin_memory: Page-lock host batches for faster copies to the GPU.
-        seed: Seed of the training order and augmentation (see ``ClassificationDataModule``).
-        drop_last: Drop the last incomplete training batch.
-        persistent_workers: Keep workers alive between epochs.
+        **options: ``crop_size`` (224) and ``resize_size`` (256, the side of the square resize before cropping)
+            of :class:`~sdd_lightning.data.base.ImageFileDataModule`, and the loader settings of
+            :class:`~sdd_lightning.data.base.ClassificationDataModule`: ``batch_size`` per device (64 in the
+            official recipe), ``eval_batch_size``, ``num_workers``, ``pin_memory``, ``seed``, ``drop_last`` (the
+            official training loader drops the last batch; the CUB config sets it), ``persistent_workers``,
+            ``download`` (fetch the official archive, 1.1 GB, md5-checked, when the files are not there).
     """
 
-    def __init__(
-        self,
-        root: str | Path = "data",
-        *,
-        download: bool = False,
-        num_classes: int = 200,
-        crop_size: int = 224,
-        resize_size: int = 256,
-        batch_size: int = 64,
-        eval_batch_size: int | None = None,
-        num_workers: int = 4,
-        pin_memory: bool = False,
-        seed: int = 0,
-        drop_last: bool = False,
-        persistent_workers: bool = True,
-    ) -> None:
-        super().__init__(
-            root,
-            batch_size=batch_size,
-            eval_batch_size=eval_batch_size,
-            num_workers=num_workers,
-            pin_memory=pin_memory,
-            seed=seed,
-            drop_last=drop_last,
-            persistent_workers=persistent_workers,
-        )
-        self.download = download
-        self.num_classes = num_classes
-        self.crop_size = crop_size
-        self.resize_size = resize_size
+    location = CUB200_LOCATION
+
+    def __init__(self, root: str | Path = "data", *, num_classes: int = 200, **options: Any) -> None:
+        super().__init__(root, num_classes=num_classes, **options)
         self.index: CubIndex | None = None
-        self.class_names: list[str] | None = None
-
-    def _located(self) -> Path | None:
-        return locate_dataset_dir(self.root, _FOLDER, (*_METADATA, "images"))
-
-    def prepare_data(self) -> None:
-        """Download and extract the official archive if ``download`` is set and the folder is missing."""
-        folder = self._located()
-        if not self.download or (folder is not None and all((folder / f).is_file() for f in _METADATA)):
-            return
-        target = self.root.parent if self.root.name == _FOLDER else self.root
-        download_archive(CUB200_URL, target, CUB200_MD5)
-
-    def _folder(self) -> Path:
-        folder = self._located()
-        if folder is None:
-            hint = (
-                "download=True is set but prepare_data() has not run: call prepare_data() before setup() "
-                "(the Trainer does both)"
-                if self.download
-                else f"set data.download=true (download=True) to fetch {CUB200_URL} (1.1 GB, md5-checked)"
-            )
-            raise DatasetError(
-                f"CUB-200-2011 not found under {self.root}. Expected the official layout:\n"
-                f"  {self.root}/{_FOLDER}/images/<class>/*.jpg, images.txt, image_class_labels.txt, "
-                f"train_test_split.txt, classes.txt\n"
-                f"(data.root may also point at {_FOLDER}/ itself). Fix: {hint}, or set data.root=... to the "
-                f"folder that holds {_FOLDER}/."
-            )
-        return folder
 
     def setup(self, stage: str | None = None) -> None:
         """Read and check the metadata (once) and build the splits the stage needs."""

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from torchvision.datasets import ImageFolder
 
-from sdd_lightning.data.base import ClassificationDataModule
+from sdd_lightning.data.base import ImageFileDataModule
 from sdd_lightning.data.errors import DatasetError
 from sdd_lightning.data.image_files import load_rgb_image
 from sdd_lightning.data.transforms import imagenet_eval_transform, imagenet_train_transform
@@ -22,7 +23,7 @@ _HOW_TO_GET = (
 )
 
 
-class ImageNetDataModule(ClassificationDataModule):
+class ImageNetDataModule(ImageFileDataModule):
     """ImageNet-1k classification from ``root/train/<wnid>/`` and ``root/val/<wnid>/`` image folders.
 
     Training: ``RandomResizedCrop(224)`` and horizontal flip; evaluation: resize the shorter side to
@@ -34,46 +35,15 @@ class ImageNetDataModule(ClassificationDataModule):
     Args:
         root: Folder holding ``train/`` and ``val/``.
         num_classes: Number of class folders expected (1000 for ImageNet-1k; smaller for subsets).
-        crop_size: Side of the training and evaluation crops.
-        resize_size: Shorter side before the evaluation centre crop.
-        batch_size: Training images per batch **per device** (the paper: 256 per GPU on 2 GPUs).
-        eval_batch_size: Evaluation images per batch per device; ``None`` uses ``batch_size``.
-        num_workers: Decoding workers per device.
-        pin_memory: Page-lock host batches for faster copies to the GPU.
-        seed: Seed of the training order and augmentation (see ``ClassificationDataModule``).
-        drop_last: Drop the last incomplete training batch.
-        persistent_workers: Keep workers alive between epochs.
+        **options: ``crop_size`` (224) and ``resize_size`` (256, the shorter side before the evaluation centre
+            crop) of :class:`~sdd_lightning.data.base.ImageFileDataModule`, and the loader settings of
+            :class:`~sdd_lightning.data.base.ClassificationDataModule` (``batch_size`` per device, 256 per GPU
+            on 2 GPUs in the paper, ``eval_batch_size``, ``num_workers``, ``pin_memory``, ``seed``,
+            ``drop_last``, ``persistent_workers``).
     """
 
-    def __init__(
-        self,
-        root: str | Path = "data/imagenet",
-        *,
-        num_classes: int = 1000,
-        crop_size: int = 224,
-        resize_size: int = 256,
-        batch_size: int = 256,
-        eval_batch_size: int | None = None,
-        num_workers: int = 8,
-        pin_memory: bool = True,
-        seed: int = 0,
-        drop_last: bool = False,
-        persistent_workers: bool = True,
-    ) -> None:
-        super().__init__(
-            root,
-            batch_size=batch_size,
-            eval_batch_size=eval_batch_size,
-            num_workers=num_workers,
-            pin_memory=pin_memory,
-            seed=seed,
-            drop_last=drop_last,
-            persistent_workers=persistent_workers,
-        )
-        self.num_classes = num_classes
-        self.crop_size = crop_size
-        self.resize_size = resize_size
-        self.class_names: list[str] | None = None
+    def __init__(self, root: str | Path = "data/imagenet", *, num_classes: int = 1000, **options: Any) -> None:
+        super().__init__(root, num_classes=num_classes, **options)
 
     def _split_dir(self, split: str) -> Path:
         directory = self.root / split

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -243,17 +244,10 @@ class SyntheticDataModule(InMemoryImageDataModule):
         num_train: Training images.
         num_val: Validation (= test) images.
         data_seed: Seed of the generated images (the training ``seed`` only orders and augments them).
-        batch_size: Training images per batch **per device**.
-        eval_batch_size: Evaluation images per batch per device; ``None`` uses ``batch_size``.
-        num_workers: ``DataLoader`` workers per device (unused when ``device_resident``).
-        pin_memory: Page-lock host batches (unused when ``device_resident``).
-        seed: Seed of the training order and augmentation.
         device_resident: Keep the set on the training device and augment there (the default: the set
             is tiny, and on a CPU this avoids worker processes altogether).
         augment: Random crop (padding 4) and horizontal flip for training, as for CIFAR.
         padding: Padding of the random crop.
-        drop_last: Drop the last incomplete training batch.
-        persistent_workers: Keep workers alive between epochs.
         min_objects: Fewest objects per image, the target included.
         max_objects: Most objects per image (at most 4).
         object_size: Range of the objects' side in pixels; smaller is harder.
@@ -262,6 +256,9 @@ class SyntheticDataModule(InMemoryImageDataModule):
         target_hue_jitter: Hue variation of the target around pure red.
         noise_std: Standard deviation of the pixel noise; larger is harder.
         background_contrast: Amplitude of the smooth coloured background; larger is harder.
+        **loader_options: The loader settings of :class:`~sdd_lightning.data.base.ClassificationDataModule`
+            (``batch_size`` per device, ``eval_batch_size``, ``num_workers``, ``pin_memory``, ``seed``,
+            ``drop_last``, ``persistent_workers``).
     """
 
     mean = SHAPES_MEAN
@@ -275,16 +272,9 @@ class SyntheticDataModule(InMemoryImageDataModule):
         num_train: int = 10_000,
         num_val: int = 2_000,
         data_seed: int = 0,
-        batch_size: int = 128,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
-        pin_memory: bool = False,
-        seed: int = 0,
         device_resident: bool = True,
         augment: bool = True,
         padding: int = 4,
-        drop_last: bool = False,
-        persistent_workers: bool = True,
         min_objects: int = 2,
         max_objects: int = 4,
         object_size: Sequence[float] = (9.0, 14.0),
@@ -293,20 +283,9 @@ class SyntheticDataModule(InMemoryImageDataModule):
         target_hue_jitter: float = 0.04,
         noise_std: float = 0.06,
         background_contrast: float = 0.35,
+        **loader_options: Any,
     ) -> None:
-        super().__init__(
-            root,
-            device_resident=device_resident,
-            augment=augment,
-            padding=padding,
-            batch_size=batch_size,
-            eval_batch_size=eval_batch_size,
-            num_workers=num_workers,
-            pin_memory=pin_memory,
-            seed=seed,
-            drop_last=drop_last,
-            persistent_workers=persistent_workers,
-        )
+        super().__init__(root, device_resident=device_resident, augment=augment, padding=padding, **loader_options)
         _check_knobs(num_classes, min_objects, max_objects, object_size)
         if num_train < 1 or num_val < 1:
             raise ValueError(f"num_train and num_val must be >= 1, got {num_train}, {num_val}")
