@@ -41,7 +41,7 @@ from _common import (
     write_report,
 )
 
-from sdd_lightning.losses import scale_decoupled_loss, sdd_loss
+from sdd_lightning.losses import KDLoss, ScaleDecoupledLoss, sdd_loss
 
 SHAPES = ((64, 21, 100), (256, 21, 1000))
 TEMPERATURE = 4.0
@@ -121,8 +121,8 @@ def _forward_backward(loss_fn, student, teacher, target):
 
 VARIANTS = {
     "sdd_loss (library)": lambda s, t, y: sdd_loss(s, t, y, temperature=TEMPERATURE, complementary_weight=BETA),
-    "scale_decoupled_loss (+ fraction, as the module)": lambda s, t, y: (
-        scale_decoupled_loss(s, t, y, temperature=TEMPERATURE, complementary_weight=BETA).loss
+    "ScaleDecoupledLoss (+ fraction, as the module)": lambda s, t, y: (
+        ScaleDecoupledLoss(KDLoss(temperature=TEMPERATURE), complementary_weight=BETA)(s, t, y).loss
     ),
     "official-style, region loop": lambda s, t, y: official_style_loss(s, t, y, loop_regions=True),
     "official-style, batched": lambda s, t, y: official_style_loss(s, t, y, loop_regions=False),

@@ -11,7 +11,7 @@ ResNet32x4 -> ResNet8x4 and ResNet32x4 -> ShuffleV1 at B=64 (32x32 random images
 - ``lightning``: ``DistillationModule`` fitted by a ``lightning.Trainer`` on an in-memory random dataset
   (progress bar, logger, checkpointing, validation and model summary off); each step is timed by a callback
   from ``on_train_batch_start`` to ``on_train_batch_end`` (so data loading is outside, as in ``bare``).
-- ``bare``: the same models, head and loss functions (``ScaleDecoupledHead``, ``scale_decoupled_loss``,
+- ``bare``: the same models, head and loss functions (``ScaleDecoupledHead``, ``ScaleDecoupledLoss``,
   ``F.cross_entropy``) and ``torch.optim.SGD`` in a plain loop, timed from the batch in hand to after
   ``optimizer.step()``.
 
@@ -54,7 +54,7 @@ from _common import (
 )
 
 from sdd_lightning.heads import ScaleDecoupledHead
-from sdd_lightning.losses import scale_decoupled_loss
+from sdd_lightning.losses import KDLoss, ScaleDecoupledLoss
 from sdd_lightning.models import build_model
 from sdd_lightning.models.fold_bn import fold_batchnorm
 from sdd_lightning.module import DistillationModule
@@ -74,7 +74,7 @@ SETTINGS = {
     "tuned": dict(channels_last=True, fold=True, bf16=False),
     "bf16": dict(channels_last=True, fold=True, bf16=True),
 }
-LOSS = dict(temperature=4.0, ce_weight=0.1, kd_weight=0.9)
+LOSS = dict(loss=KDLoss(temperature=4.0), ce_weight=0.1, kd_weight=0.9)
 
 
 @dataclass(frozen=True)
@@ -185,7 +185,7 @@ class BareRunner:
             student_local = self.head(self.student.forward_features(x), self.student.get_classifier())
         student_local = student_local.float()
         ce = F.cross_entropy(student_local[:, 0], y)
-        sdd = scale_decoupled_loss(student_local, teacher_local.float(), y, temperature=LOSS["temperature"])
+        sdd = ScaleDecoupledLoss(LOSS["loss"])(student_local, teacher_local.float(), y)
         loss = LOSS["ce_weight"] * ce + LOSS["kd_weight"] * sdd.loss
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -308,7 +308,7 @@ def head_and_loss_cost(pair: str, batch: int, repeats: int, channels_last: bool)
                 teacher_local = head(teacher_map, teacher_classifier)
             student_local = head(student_map, student_classifier)
             ce = F.cross_entropy(student_local[:, 0], y)
-            sdd = scale_decoupled_loss(student_local, teacher_local, y, temperature=LOSS["temperature"])
+            sdd = ScaleDecoupledLoss(LOSS["loss"])(student_local, teacher_local, y)
             (LOSS["ce_weight"] * ce + LOSS["kd_weight"] * sdd.loss).backward()
 
         return run

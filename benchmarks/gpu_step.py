@@ -40,6 +40,7 @@ from _common import machine_description, markdown_table, write_report
 
 from sdd_lightning.data.transforms import CIFAR100_MEAN as CIFAR_MEAN
 from sdd_lightning.data.transforms import CIFAR100_STD as CIFAR_STD
+from sdd_lightning.losses import KDLoss
 from sdd_lightning.models import build_model
 from sdd_lightning.module import DistillationModule
 
@@ -113,7 +114,7 @@ def build(pair: str, method: str, mode: dict, device: torch.device) -> tuple[Dis
         build_model(teacher_name, num_classes=CLASSES),
         num_classes=CLASSES,
         scales=METHODS[method],
-        temperature=4.0,
+        loss=KDLoss(temperature=4.0),
         ce_weight=0.1,
         kd_weight=0.9,
         channels_last=mode["channels_last"],

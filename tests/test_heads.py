@@ -128,7 +128,7 @@ def test_classifier_runs_once(classifier):
     assert len(calls) == 1
 
 
-@pytest.mark.parametrize("bad", [(), (0,), (1, -2), (1, 2.5), "124", 2, (1, 1), (True,)])
+@pytest.mark.parametrize("bad", [(), (0,), (1, -2), (1, 2.5), "124", 2, (1, 1), (True,), (2, 4), (2, 1)])
 def test_bad_scales_fail_at_construction(bad):
     with pytest.raises(ValueError, match="scales"):
         ScaleDecoupledHead(bad)

@@ -2,11 +2,15 @@ import pytest
 import torch
 
 from sdd_lightning.losses import (
+    DKDLoss,
+    KDLoss,
+    NKDLoss,
+    ScaleDecoupledLoss,
+    base_loss,
     complementary_mask,
     dkd_loss,
     kd_loss,
     nkd_loss,
-    scale_decoupled_loss,
     sdd_loss,
 )
 
@@ -63,7 +67,14 @@ def test_nkd_matches_textbook_and_excludes_the_target(T):
     torch.testing.assert_close(non_target, non_target2)
 
 
-@pytest.mark.parametrize("base,kwargs", [("kd", {"temperature": 4.0}), ("dkd", {"beta": 8.0}), ("nkd", {"gamma": 6.0})])
+@pytest.mark.parametrize(
+    "base,kwargs",
+    [
+        ("kd", {"temperature": 4.0}),
+        ("dkd", {"temperature": 4.0, "alpha": 1.0, "beta": 8.0}),
+        ("nkd", {"temperature": 4.0, "gamma": 6.0}),
+    ],
+)
 def test_one_region_equals_the_base_loss(base, kwargs):
     s, t, y = _logits(6, 1, K).float(), _logits(6, 1, K, seed=1).float(), torch.arange(6) % K
     fn = {"kd": kd_loss, "dkd": dkd_loss, "nkd": nkd_loss}[base]
@@ -97,7 +108,7 @@ def test_weights_and_reduction_follow_the_official_code():
     per_region = kd_loss(student.view(6, K), teacher.view(6, K), temperature=4.0).view(2, 3)
     weights = torch.tensor([[1.0, 1.0, 2.0], [1.0, 1.0, 2.0]], dtype=torch.float64)
     expected = (weights * per_region).sum() / 6
-    out = scale_decoupled_loss(student, teacher, y, temperature=4.0)
+    out = ScaleDecoupledLoss(KDLoss(temperature=4.0))(student, teacher, y)
     torch.testing.assert_close(out.loss, expected)
     torch.testing.assert_close(out.complementary_fraction, torch.tensor(0.5, dtype=torch.float64))
     weights_agreement = torch.tensor([[1.0, 1.0, 2.0], [1.0, 2.0, 2.0]], dtype=torch.float64)
@@ -176,3 +187,51 @@ def test_bad_inputs_say_what_is_wrong():
         sdd_loss(s, s, torch.arange(2), base="mse")
     with pytest.raises(ValueError, match="correctness, agreement"):
         sdd_loss(s, s, torch.arange(2), consistency="majority")
+
+
+@pytest.mark.parametrize(
+    ("cls", "settings"),
+    [
+        (KDLoss, {"temperature": 2.0}),
+        (DKDLoss, {"temperature": 2.0, "alpha": 0.5, "beta": 6.0}),
+        (NKDLoss, {"gamma": 1.5}),
+    ],
+)
+def test_a_base_loss_class_is_its_function_with_its_settings(cls, settings):
+    s, t, y = _logits(6, K), _logits(6, K, seed=1), torch.arange(6) % K
+    loss = cls(**settings)
+    fn = {KDLoss: kd_loss, DKDLoss: dkd_loss, NKDLoss: nkd_loss}[cls]
+    torch.testing.assert_close(loss(s, t, y), fn(s, t, y, **loss.settings()))
+    assert loss.settings() == {**cls().settings(), **settings}
+    assert base_loss(cls.__name__.removesuffix("Loss").lower(), **settings) == loss
+
+
+def test_the_library_defaults_are_the_official_cifar_values():
+    assert KDLoss().settings() == {"temperature": 4.0}
+    assert DKDLoss().settings() == {"temperature": 4.0, "alpha": 1.0, "beta": 8.0}
+    assert NKDLoss().settings() == {"temperature": 4.0, "gamma": 8.0}
+    loss = ScaleDecoupledLoss()
+    assert (loss.base, loss.complementary_weight, loss.consistent_weight, loss.consistency) == (
+        KDLoss(),
+        2.0,
+        1.0,
+        "correctness",
+    )
+
+
+@pytest.mark.parametrize(
+    ("build", "named"),
+    [
+        (lambda: KDLoss(temperature=0), "temperature"),
+        (lambda: KDLoss(temperature=float("nan")), "temperature"),
+        (lambda: DKDLoss(beta=-1), "beta"),
+        (lambda: DKDLoss(alpha="1"), "alpha"),
+        (lambda: NKDLoss(gamma=-0.5), "gamma"),
+        (lambda: ScaleDecoupledLoss(complementary_weight=-1), "complementary_weight"),
+        (lambda: ScaleDecoupledLoss(consistent_weight=float("inf")), "consistent_weight"),
+        (lambda: ScaleDecoupledLoss(consistency="majority"), "consistency"),
+    ],
+)
+def test_bad_settings_are_refused_when_the_loss_is_built_naming_the_setting(build, named):
+    with pytest.raises(ValueError, match=named):
+        build()

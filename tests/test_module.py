@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from conftest import SmallNet
 from torch.utils.data import DataLoader, TensorDataset
 
-from sdd_lightning.losses import kd_loss
+from sdd_lightning.losses import KDLoss, kd_loss
 from sdd_lightning.module import ClassificationModule, DistillationModule, warmup_factor
 
 
@@ -61,7 +61,7 @@ def test_teacher_stays_in_eval_mode_when_lightning_calls_train():
 
 
 def test_global_scale_gives_exactly_plain_kd():
-    module = _distiller(scales=(1,), ce_weight=0.1, kd_weight=0.9, temperature=4.0)
+    module = _distiller(scales=(1,), ce_weight=0.1, kd_weight=0.9, loss=KDLoss(temperature=4.0))
     x, y = next(iter(_loader()))
     student_global, student_local = module.student_logits(x)
     _, teacher_local = module.teacher_logits(x)
@@ -99,6 +99,10 @@ def test_fit_logs_metrics_and_measures_the_teacher_once(tmp_path):
         "train/acc1",
         "train/loss_kd",
         "train/complementary_fraction",
+        "train/loss_kd_scale1",
+        "train/loss_kd_scale2",
+        "train/complementary_fraction_scale2",
+        "val/acc5_best",
         "teacher/acc1",
     ):
         assert name in metrics, name

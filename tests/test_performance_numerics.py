@@ -9,6 +9,7 @@ import lightning as L
 import pytest
 import torch
 
+from sdd_lightning.losses import BASE_LOSSES
 from sdd_lightning.models import build_model
 from sdd_lightning.module import DistillationModule
 
@@ -29,7 +30,7 @@ def _module(base="kd", **kwargs):
                 m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
         teacher.get_classifier().weight.mul_(30.0)
         student.get_classifier().weight.mul_(10.0)
-    return DistillationModule(student, teacher, num_classes=10, scales=(1, 2, 4), base=base, **kwargs)
+    return DistillationModule(student, teacher, num_classes=10, scales=(1, 2, 4), loss=BASE_LOSSES[base](), **kwargs)
 
 
 def _step_loss(module, batch, *, bf16=False):

@@ -40,7 +40,10 @@ _OFFICIAL_BASE_GRID = 4
 
 
 def validate_scales(scales: Sequence[int]) -> tuple[int, ...]:
-    """Checks a scale set and returns it as a tuple; raises a ``ValueError`` that says what to fix."""
+    """Checks a scale set (positive, distinct grid sides, the global 1 first) and returns it as a tuple.
+
+    Raises a ``ValueError`` that says what to fix. This is the one place the rules live.
+    """
     if isinstance(scales, int | str | bytes) or not hasattr(scales, "__iter__"):
         raise ValueError(f"scales must be a sequence of positive integers such as (1, 2, 4), got {scales!r}")
     scales = tuple(scales)
@@ -51,6 +54,11 @@ def validate_scales(scales: Sequence[int]) -> tuple[int, ...]:
             raise ValueError(f"scales must be positive integers (grid sides such as 1, 2, 4), got {s!r} in {scales!r}")
     if len(set(scales)) != len(scales):
         raise ValueError(f"scales must not repeat, got {scales!r}")
+    if scales[0] != 1:
+        raise ValueError(
+            f"scales must start with 1, got {scales!r}: region 0 is the global region, which every other region "
+            "is compared with (e.g. scales=(1, 2, 4))"
+        )
     return scales
 
 
@@ -65,11 +73,11 @@ class ScaleDecoupledHead(nn.Module):
     Pooling and the classifier are both linear, so the result equals pooling the logit map ``W f``.
     The head pools first (R region vectors are far fewer than the h*w map positions): every scale is
     pooled, the region vectors are concatenated and the classifier runs once on all of them. Region 0
-    is the global region when ``scales[0] == 1`` (the usual case), and its logits are what the
-    cross-entropy loss uses: the classifier never runs twice on the same features.
+    is the global region (scales start with 1); with exact pooling its logits are the network's output, which
+    the cross-entropy loss uses (:meth:`logits`): the classifier never runs twice on the same features.
 
     Args:
-        scales: grid sides, e.g. ``(1, 2, 4)``; ``(1,)`` is the plain global head.
+        scales: grid sides starting with 1, e.g. ``(1, 2, 4)``; ``(1,)`` is the plain global head.
         pooling: ``Pooling.EXACT`` (default) or ``Pooling.HIERARCHICAL`` (the official code's variant).
     """
 
@@ -110,7 +118,7 @@ class ScaleDecoupledHead(nn.Module):
     def region_zero_is_global(self) -> bool:
         """Whether region 0 is the plain global average (always with exact pooling; with hierarchical pooling
         only for ``scales=(1,)``)."""
-        return self.scales[0] == 1 and (self.pooling is Pooling.EXACT or self.scales == (1,))
+        return self.pooling is Pooling.EXACT or self.scales == (1,)
 
     def forward(self, feature_map: torch.Tensor, classifier: nn.Module) -> torch.Tensor:
         """Local logits ``(B, R, K)``: ``classifier`` applied once to every pooled region."""

@@ -5,13 +5,16 @@
 
     loss = ce_weight * CE(student global logits, y) + kd_weight * warmup(epoch) * L_SDD
 
-Lightning owns the loop; the modules own optimisation, metrics (torchmetrics) and logging. A new
-teacher-student pair whose networks do not follow the ``forward_features`` / ``get_classifier``
-interface is brought in by overriding ``student_features`` and ``teacher_features``.
+Lightning owns the loop; the modules own optimisation, metrics and logging. The training step does no host
+reads: what it logs (the loss and its parts, per scale too) is summed on the device and logged once per epoch.
+A new teacher-student pair whose networks do not follow the ``forward_features`` / ``get_classifier`` interface
+is brought in by overriding ``student_features`` and ``teacher_features``; ``sdd-train`` runs such a subclass
+with ``distill._target_=my_package.MyDistillation``.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 from typing import Any
@@ -20,11 +23,11 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchmetrics import MaxMetric, MeanMetric
+from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from sdd_lightning.heads import Pooling, ScaleDecoupledHead
-from sdd_lightning.losses import BaseLoss, Consistency, resolve_base_loss, scale_decoupled_loss
+from sdd_lightning.losses import Consistency, KDLoss, PerSampleLoss, ScaleDecoupledLoss
 from sdd_lightning.models.fold_bn import fold_batchnorm
 from sdd_lightning.models.interface import get_classifier
 
@@ -50,6 +53,36 @@ def warmup_factor(epoch: int, warmup_epochs: float) -> float:
     return min(epoch / warmup_epochs, 1.0)
 
 
+def _check_number(name: str, value: Any, *, minimum: float = 0.0) -> float:
+    """A finite number >= ``minimum``; the ``ValueError`` names the setting."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < minimum:
+        raise ValueError(f"{name} must be a finite number >= {minimum:g}, got {value!r}")
+    return float(value)
+
+
+class _EpochSums:
+    """Per-step values summed on their device and averaged once per epoch: no host read in the step."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
+        self.counts: dict[str, torch.Tensor | float] = {}
+
+    def add(self, name: str, value: torch.Tensor, count: torch.Tensor | float = 1.0) -> None:
+        value = value.detach()
+        if name in self.sums:
+            self.sums[name] = self.sums[name] + value
+            self.counts[name] = self.counts[name] + count
+        else:
+            self.sums[name], self.counts[name] = value, count
+
+    def means(self) -> dict[str, torch.Tensor]:
+        return {name: self.sums[name] / self.counts[name] for name in self.sums}
+
+    def reset(self) -> None:
+        self.sums.clear()
+        self.counts.clear()
+
+
 class ClassificationModule(L.LightningModule):
     """Supervised training of one network with cross-entropy; how teachers and baselines are made.
 
@@ -57,10 +90,13 @@ class ClassificationModule(L.LightningModule):
         model: the network (``forward(x) -> logits``).
         num_classes: number of classes, for the metrics.
         optimizer: a factory ``params -> Optimizer`` (Hydra: ``_partial_: true``); default SGD as the
-            official CIFAR recipe.
+            official CIFAR recipe. It is tried once on a dummy parameter when the module is built, so a bad
+            setting (e.g. a negative learning rate) stops the run before training.
         scheduler: a factory ``optimizer -> LRScheduler`` stepped once per epoch, or ``None``.
         channels_last: train in the channels-last memory layout (faster convolutions on GPUs and CPUs
             with bf16).
+        compile: ``torch.compile`` the networks' forward passes (worth it for long GPU runs; the first steps
+            pay the compilation).
     """
 
     def __init__(
@@ -70,23 +106,31 @@ class ClassificationModule(L.LightningModule):
         optimizer: OptimizerFactory | None = None,
         scheduler: SchedulerFactory | None = None,
         channels_last: bool = False,
+        compile: bool = False,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["model", "teacher", "student", "optimizer", "scheduler"])
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+        self.save_hyperparameters(ignore=["model", "teacher", "student", "optimizer", "scheduler", "loss"])
         self.model = model
         self.num_classes = num_classes
         self.optimizer_factory = optimizer or default_optimizer()
         self.scheduler_factory = scheduler
+        _try_factories(self.optimizer_factory, self.scheduler_factory)
         self.channels_last = channels_last
+        if compile:
+            _compile_forward(model, ("forward", "forward_features"))
 
-        self.train_acc1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
+        self._train_sums = _EpochSums()
         self.val_loss = MeanMetric()
         self.val_acc1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
         self.val_acc5 = MulticlassAccuracy(num_classes, top_k=min(5, num_classes), average="micro")
-        self.val_acc1_best = MaxMetric()
-        self.val_acc1_best.persistent(True)
         self.test_acc1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
         self.test_acc5 = MulticlassAccuracy(num_classes, top_k=min(5, num_classes), average="micro")
+        # The best validation epoch so far (top-1, and the top-5 of that epoch); -1 until measured. Buffers, so
+        # that they survive checkpoints and resumes.
+        self.register_buffer("best_val_acc1", torch.tensor(-1.0))
+        self.register_buffer("best_val_acc5", torch.tensor(-1.0))
 
     # -- the network ---------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -108,23 +152,26 @@ class ClassificationModule(L.LightningModule):
         """What the optimiser updates: the network's parameters and nothing else."""
         return self.model.parameters()
 
-    # -- steps ---------------------------------------------------------------------------------
+    # -- training --------------------------------------------------------------------------------
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch
         logits = self(self._prepare(x))
         loss = F.cross_entropy(logits.float(), y)
-        self._log_train(loss, logits, y, {})
+        self._accumulate_train(loss, logits, y)
         return loss
 
-    def _log_train(
-        self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor, parts: dict[str, torch.Tensor]
-    ) -> None:
-        self.train_acc1(logits, y)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
-        for name, value in parts.items():
-            self.log(f"train/{name}", value, on_step=False, on_epoch=True)
-        self.log("train/acc1", self.train_acc1, on_step=False, on_epoch=True)
+    def _accumulate_train(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
+        self._train_sums.add("train/loss", loss)
+        self._train_sums.add("train/acc1", (logits.argmax(-1) == y).sum(), y.numel())
 
+    def on_train_epoch_start(self) -> None:
+        self._train_sums.reset()
+
+    def on_train_epoch_end(self) -> None:
+        # one host read of the epoch's sums, not one per step
+        self.log_dict(self._train_sums.means(), sync_dist=True)
+
+    # -- validation and test ---------------------------------------------------------------------
     def evaluation_logits(self, x: torch.Tensor) -> torch.Tensor:
         """Logits used for validation and test: the network's own output."""
         return self(self._prepare(x))
@@ -144,8 +191,11 @@ class ClassificationModule(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:
             return
-        self.val_acc1_best(self.val_acc1.compute())
-        self.log("val/acc1_best", self.val_acc1_best.compute(), prog_bar=True, sync_dist=False)
+        acc1, acc5 = self.val_acc1.compute(), self.val_acc5.compute()
+        better = acc1 > self.best_val_acc1
+        self.best_val_acc1.copy_(torch.where(better, acc1, self.best_val_acc1))
+        self.best_val_acc5.copy_(torch.where(better, acc5, self.best_val_acc5))
+        self.log_dict({"val/acc1_best": self.best_val_acc1, "val/acc5_best": self.best_val_acc5}, prog_bar=False)
 
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch
@@ -167,25 +217,26 @@ class ClassificationModule(L.LightningModule):
 class DistillationModule(ClassificationModule):
     """Scale Decoupled Distillation of a frozen teacher into a student.
 
-    The teacher stays in eval mode (also after Lightning calls ``.train()``), has
-    ``requires_grad=False``, is never in the optimiser, and its BatchNorm statistics never change.
-    ``scales=(1,)`` gives plain logit distillation with the chosen base loss.
+    The teacher stays in eval mode (also after Lightning calls ``.train()``), has ``requires_grad=False``, is
+    never in the optimiser, and its BatchNorm statistics never change. The defaults are the official SD-KD
+    recipe (KD with T 4, CE 0.1, KD 0.9, M = {1, 2, 4}); ``scales=(1,)`` gives plain logit distillation with
+    the chosen base loss.
 
     Args:
         student: the network being trained.
         teacher: the trained network; its weights are loaded before it is passed in.
         num_classes: number of classes (teacher and student must agree).
-        scales: grid sides of the head; must start with 1 (region 0 is the global region CE uses).
+        loss: the per-sample base loss, e.g. ``KDLoss(temperature=4.0)``, ``DKDLoss(...)``, ``NKDLoss(...)`` or
+            any callable ``f(student (N, K), teacher (N, K), target (N,)) -> (N,)``; default ``KDLoss()``.
+        scales: grid sides of the head, starting with 1 (region 0 is the global region).
         pooling: ``"exact"`` or ``"hierarchical"`` (the official code's pooling).
-        base: ``"kd"``, ``"dkd"`` or ``"nkd"`` (or a callable per-sample loss).
-        temperature, alpha, beta, gamma: the base loss's settings (only those it takes are passed).
         ce_weight: weight of the student's cross-entropy.
         kd_weight: weight of the SDD term.
         warmup_epochs: linear warm-up of the SDD term over this many epochs (0: none).
         complementary_weight: weight of complementary regions (beta of the paper, 2.0).
         consistent_weight: weight of consistent local regions (1.0; ablations set 0).
         consistency: ``"correctness"`` (official code) or ``"agreement"`` (paper text).
-        optimizer, scheduler, channels_last: as in ``ClassificationModule``.
+        optimizer, scheduler, channels_last, compile: as in ``ClassificationModule``.
         fold_teacher_bn: fold the teacher's BatchNorm layers into the convolutions before them at
             construction (exact in eval mode; a faster teacher forward). The teacher's state_dict keys then
             change (BatchNorm entries gone, convolution biases added); the module's own checkpoints save and
@@ -197,15 +248,11 @@ class DistillationModule(ClassificationModule):
         student: nn.Module,
         teacher: nn.Module,
         num_classes: int,
+        loss: PerSampleLoss | Callable[..., torch.Tensor] | None = None,
         scales: Sequence[int] = (1, 2, 4),
         pooling: Pooling | str = "exact",
-        base: BaseLoss | str | Callable[..., torch.Tensor] = "kd",
-        temperature: float = 4.0,
-        alpha: float = 1.0,
-        beta: float = 8.0,
-        gamma: float = 1.5,
-        ce_weight: float = 1.0,
-        kd_weight: float = 1.0,
+        ce_weight: float = 0.1,
+        kd_weight: float = 0.9,
         warmup_epochs: float = 0.0,
         complementary_weight: float = 2.0,
         consistent_weight: float = 1.0,
@@ -214,22 +261,22 @@ class DistillationModule(ClassificationModule):
         scheduler: SchedulerFactory | None = None,
         channels_last: bool = False,
         fold_teacher_bn: bool = False,
+        compile: bool = False,
     ) -> None:
-        super().__init__(student, num_classes, optimizer, scheduler, channels_last)
+        super().__init__(student, num_classes, optimizer, scheduler, channels_last, compile=False)
         self.head = ScaleDecoupledHead(scales, pooling)
-        if self.head.scales[0] != 1:
-            raise ValueError(
-                f"scales must start with 1, got {self.head.scales}: region 0 is the global region whose logits "
-                "the cross-entropy loss uses (e.g. distill.scales=[1,2,4])"
-            )
-        self.consistency = Consistency(consistency)
-        self.base_loss = resolve_base_loss(base)
-        self.base_kwargs = _base_kwargs(base, temperature=temperature, alpha=alpha, beta=beta, gamma=gamma)
-        self.ce_weight = ce_weight
-        self.kd_weight = kd_weight
-        self.warmup_epochs = warmup_epochs
-        self.complementary_weight = complementary_weight
-        self.consistent_weight = consistent_weight
+        self.ce_weight = _check_number("ce_weight", ce_weight)
+        self.kd_weight = _check_number("kd_weight", kd_weight)
+        if self.ce_weight == 0 and self.kd_weight == 0:
+            raise ValueError("ce_weight and kd_weight are both 0: nothing would be trained; give one a weight > 0")
+        self.warmup_epochs = _check_number("warmup_epochs", warmup_epochs)
+        self.distillation_loss = ScaleDecoupledLoss(
+            loss if loss is not None else KDLoss(), complementary_weight, consistent_weight, consistency
+        )
+        self.hparams["loss"] = _describe(self.distillation_loss.base)
+        # region r belongs to scale self.head.scales[region_scale[r]]: per-scale sums without a host read
+        region_scale = torch.cat([torch.full((s * s,), i) for i, s in enumerate(self.head.scales)])
+        self.register_buffer("region_scale", region_scale, persistent=False)
 
         self.teacher = teacher
         self.teacher.requires_grad_(False)
@@ -237,6 +284,9 @@ class DistillationModule(ClassificationModule):
         if fold_teacher_bn:
             # In __init__, so that a rebuilt module has the same structure as its checkpoint.
             fold_batchnorm(self.teacher)
+        if compile:
+            for network in (self.model, self.teacher):
+                _compile_forward(network, ("forward_features",))
         self.teacher_val_acc1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
         # -1 until measured; a buffer so that it survives checkpoints and resumes.
         self.register_buffer("teacher_acc1", torch.tensor(-1.0))
@@ -272,6 +322,7 @@ class DistillationModule(ClassificationModule):
         feature_map, classifier = self.teacher_features(x)
         return self.head.logits(feature_map, classifier)
 
+    # -- the loss --------------------------------------------------------------------------------
     def distillation_weight(self) -> float:
         """``kd_weight`` times the warm-up factor of the current epoch."""
         return self.kd_weight * warmup_factor(self.current_epoch + 1, self.warmup_epochs)
@@ -282,23 +333,20 @@ class DistillationModule(ClassificationModule):
         """Total loss and its parts (fp32, whatever the autocast).
 
         The cross-entropy uses the student's global logits (its ordinary output); the SDD term the local logits.
+        The parts: ``loss_ce``, ``loss_kd`` (the SDD term before its weight), ``complementary_fraction``, and per
+        scale ``loss_kd_per_scale`` (S,) and ``complementary_per_scale`` (S,), both summed over the batch.
         """
         ce = F.cross_entropy(student_global.float(), y)
-        sdd = scale_decoupled_loss(
-            student_local.float(),
-            teacher_local.float(),
-            y,
-            base=self.base_loss,
-            complementary_weight=self.complementary_weight,
-            consistent_weight=self.consistent_weight,
-            consistency=self.consistency,
-            **self.base_kwargs,
-        )
+        sdd = self.distillation_loss(student_local.float(), teacher_local.float(), y)
         loss = self.ce_weight * ce + self.distillation_weight() * sdd.loss
+        per_scale = sdd.per_region.new_zeros(len(self.head.scales))
+        complementary = sdd.complementary.sum(0).to(per_scale.dtype)
         parts = {
             "loss_ce": ce.detach(),
             "loss_kd": sdd.loss.detach(),
             "complementary_fraction": sdd.complementary_fraction,
+            "loss_kd_per_scale": per_scale.index_add(0, self.region_scale, sdd.per_region.sum(0)),
+            "complementary_per_scale": per_scale.index_add(0, self.region_scale, complementary),
         }
         return loss, parts
 
@@ -308,8 +356,21 @@ class DistillationModule(ClassificationModule):
         _, teacher_local = self.teacher_logits(x)
         student_global, student_local = self.student_logits(x)
         loss, parts = self.compute_loss(student_global, student_local, teacher_local, y)
-        self._log_train(loss, student_global, y, parts)
+        self._accumulate_train(loss, student_global, y)
+        for name in ("loss_ce", "loss_kd", "complementary_fraction"):
+            self._train_sums.add(f"train/{name}", parts[name])
+        self._train_sums.add("per_scale/loss_kd", parts["loss_kd_per_scale"], y.numel())
+        self._train_sums.add("per_scale/complementary", parts["complementary_per_scale"], y.numel())
         return loss
+
+    def on_train_epoch_end(self) -> None:
+        means = self._train_sums.means()
+        loss_kd, complementary = means.pop("per_scale/loss_kd"), means.pop("per_scale/complementary")
+        for i, side in enumerate(self.head.scales):
+            means[f"train/loss_kd_scale{side}"] = loss_kd[i] / (side * side)
+            if side > 1:
+                means[f"train/complementary_fraction_scale{side}"] = complementary[i] / (side * side)
+        self.log_dict(means, sync_dist=True)
 
     # -- validation: the student as usual, and the teacher once -----------------------------------
     def on_validation_epoch_start(self) -> None:
@@ -338,13 +399,30 @@ class DistillationModule(ClassificationModule):
         self.log("teacher/acc1", self.teacher_acc1)
 
 
-def _base_kwargs(base: BaseLoss | str | Callable[..., torch.Tensor], **settings: float) -> dict[str, float]:
-    """The settings that the chosen base loss takes (KD: temperature; DKD: + alpha, beta; NKD: + gamma)."""
-    taken = {
-        BaseLoss.KD: ("temperature",),
-        BaseLoss.DKD: ("temperature", "alpha", "beta"),
-        BaseLoss.NKD: ("temperature", "gamma"),
-    }
-    if callable(base) and not isinstance(base, BaseLoss):
-        return {}  # a custom loss brings its own settings (e.g. through functools.partial)
-    return {name: settings[name] for name in taken[BaseLoss(base)]}
+def _describe(loss: Callable[..., torch.Tensor]) -> dict[str, Any]:
+    """A loss as plain values (checkpoints stay loadable with ``weights_only=True``)."""
+    settings = loss.settings() if isinstance(loss, PerSampleLoss) else {}
+    name = getattr(loss, "__qualname__", None) or type(loss).__qualname__
+    return {"name": name, **settings}
+
+
+def _try_factories(optimizer: OptimizerFactory, scheduler: SchedulerFactory | None) -> None:
+    """Builds the optimiser (and scheduler) once on a dummy parameter, so that a bad setting fails now."""
+    try:
+        trial = optimizer([nn.Parameter(torch.zeros(1))])
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"optimizer: {error}") from None
+    if scheduler is not None:
+        try:
+            schedule = scheduler(trial)
+            trial.step()  # no gradients: changes nothing, but lets the schedule take its first step in order
+            schedule.step()
+        except (ValueError, TypeError, ArithmeticError) as error:
+            raise ValueError(f"scheduler: {type(error).__name__}: {error}") from None
+
+
+def _compile_forward(network: nn.Module, methods: Sequence[str]) -> None:
+    """``torch.compile`` the given methods of ``network`` in place (its state_dict keys do not change)."""
+    for name in methods:
+        if hasattr(network, name):
+            setattr(network, name, torch.compile(getattr(network, name)))

@@ -1,25 +1,28 @@
 """Logit distillation losses: per-sample base losses and the scale-decoupled reduction."""
 
-from sdd_lightning.losses.base import dkd_loss, kd_loss, nkd_loss
+from sdd_lightning.losses.base import BASE_LOSSES, DKDLoss, KDLoss, NKDLoss, PerSampleLoss, dkd_loss, kd_loss, nkd_loss
 from sdd_lightning.losses.scale_decoupled import (
-    BaseLoss,
     Consistency,
+    ScaleDecoupledLoss,
     SDDLossOutput,
+    base_loss,
     complementary_mask,
-    resolve_base_loss,
-    scale_decoupled_loss,
     sdd_loss,
 )
 
 __all__ = [
-    "BaseLoss",
+    "BASE_LOSSES",
     "Consistency",
+    "DKDLoss",
+    "KDLoss",
+    "NKDLoss",
+    "PerSampleLoss",
     "SDDLossOutput",
+    "ScaleDecoupledLoss",
+    "base_loss",
     "complementary_mask",
     "dkd_loss",
     "kd_loss",
     "nkd_loss",
-    "resolve_base_loss",
-    "scale_decoupled_loss",
     "sdd_loss",
 ]

@@ -1,18 +1,26 @@
-"""Per-sample base logit losses: KD, DKD and NKD.
+"""Per-sample base logit losses: KD, DKD and NKD, as functions and as configured callables.
 
-Every function takes student logits ``(N, K)``, teacher logits ``(N, K)`` and integer targets ``(N,)``
-and returns one loss per row ``(N,)``; leading dimensions beyond one are allowed as long as the
-targets match them. All terms are computed from log-softmax forms, so they stay finite at any logit
-scale (no ``log(0)``), and the teacher side is detached.
+Every function takes student logits ``(N, K)``, teacher logits ``(N, K)`` and integer targets ``(N,)`` and
+returns one loss per row ``(N,)``; leading dimensions beyond one are allowed as long as the targets match them.
+All terms are computed from log-softmax forms, so they stay finite at any logit scale (no ``log(0)``), and the
+teacher side is detached. The functions take their settings as keyword arguments, with no defaults.
+
+The classes :class:`KDLoss`, :class:`DKDLoss` and :class:`NKDLoss` own those settings: they check them once, in
+the constructor, hold the library's one default for each (the official SDD CIFAR-100 values), and are called
+like the functions, ``loss(student_logits, teacher_logits, target) -> (N,)``. The configs name them
+(``conf/loss/*.yaml``) and :class:`~sdd_lightning.module.DistillationModule` takes one. A new base loss is one
+more such callable and one YAML file that names it.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-__all__ = ["dkd_loss", "kd_loss", "nkd_loss"]
+__all__ = ["BASE_LOSSES", "DKDLoss", "KDLoss", "NKDLoss", "PerSampleLoss", "dkd_loss", "kd_loss", "nkd_loss"]
 
 
 def _kl_from_log_probs(log_p_teacher: torch.Tensor, log_p_student: torch.Tensor) -> torch.Tensor:
@@ -55,7 +63,7 @@ def kd_loss(
     teacher_logits: torch.Tensor,
     target: torch.Tensor | None = None,
     *,
-    temperature: float = 4.0,
+    temperature: float,
 ) -> torch.Tensor:
     """Hinton et al.'s KD: ``T^2 * KL(softmax(t / T) || softmax(s / T))`` per row.
 
@@ -92,9 +100,9 @@ def dkd_loss(
     teacher_logits: torch.Tensor,
     target: torch.Tensor,
     *,
-    temperature: float = 4.0,
-    alpha: float = 1.0,
-    beta: float = 8.0,
+    temperature: float,
+    alpha: float,
+    beta: float,
 ) -> torch.Tensor:
     """Decoupled KD (Zhao et al., CVPR 2022): ``alpha * TCKD + beta * NCKD`` per row, each with ``T^2``.
 
@@ -115,8 +123,8 @@ def nkd_loss(
     teacher_logits: torch.Tensor,
     target: torch.Tensor,
     *,
-    temperature: float = 1.0,
-    gamma: float = 1.5,
+    temperature: float,
+    gamma: float,
 ) -> torch.Tensor:
     """Normalized KD (Yang et al., ICCV 2023) per row.
 
@@ -135,3 +143,111 @@ def nkd_loss(
     p_nt_t = log_nt_t.exp().masked_fill(mask, 0.0)
     non_target_term = -(p_nt_t * log_nt_s.masked_fill(mask, 0.0)).sum(-1)
     return target_term + gamma * temperature**2 * non_target_term
+
+
+def _check_settings(owner: str, **settings: float) -> None:
+    """Temperatures must be positive, weights non-negative, all finite numbers; the error names the setting."""
+    for name, value in settings.items():
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise ValueError(f"{owner}: {name} must be a finite number, got {value!r}")
+        if name == "temperature" and value <= 0:
+            raise ValueError(f"{owner}: temperature must be > 0, got {value!r}")
+        if name != "temperature" and value < 0:
+            raise ValueError(f"{owner}: {name} must be >= 0, got {value!r}")
+
+
+class PerSampleLoss:
+    """A base logit loss with its settings: ``loss(student_logits, teacher_logits, target) -> (N,)``.
+
+    Subclasses set their settings in ``__init__`` (checked there, once) and implement ``__call__``;
+    :meth:`settings` returns them as plain numbers, which is what checkpoints and loggers record.
+    """
+
+    def settings(self) -> dict[str, float]:
+        """The loss's settings by name (plain Python numbers)."""
+        return {}
+
+    def __call__(
+        self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor
+    ) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{k}={v!r}" for k, v in self.settings().items())
+        return f"{type(self).__name__}({inner})"
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and other.settings() == self.settings()
+
+    def __hash__(self) -> int:
+        return hash((type(self).__name__, tuple(self.settings().items())))
+
+
+class KDLoss(PerSampleLoss):
+    """Hinton et al.'s KD per row (see :func:`kd_loss`).
+
+    Args:
+        temperature: softening temperature T (the loss is scaled by T^2); 4 in the official CIFAR-100 recipes.
+    """
+
+    def __init__(self, temperature: float = 4.0) -> None:
+        _check_settings("KDLoss", temperature=temperature)
+        self.temperature = float(temperature)
+
+    def settings(self) -> dict[str, float]:
+        return {"temperature": self.temperature}
+
+    def __call__(
+        self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return kd_loss(student_logits, teacher_logits, target, temperature=self.temperature)
+
+
+class DKDLoss(PerSampleLoss):
+    """Decoupled KD per row (see :func:`dkd_loss`).
+
+    Args:
+        temperature: T; 4 in the official CIFAR-100 recipes (1 on ImageNet).
+        alpha: weight of the target-class term (TCKD); 1.
+        beta: weight of the non-target term (NCKD); 8 by default, 6 for some pairs (the pair configs set it).
+    """
+
+    def __init__(self, temperature: float = 4.0, alpha: float = 1.0, beta: float = 8.0) -> None:
+        _check_settings("DKDLoss", temperature=temperature, alpha=alpha, beta=beta)
+        self.temperature, self.alpha, self.beta = float(temperature), float(alpha), float(beta)
+
+    def settings(self) -> dict[str, float]:
+        return {"temperature": self.temperature, "alpha": self.alpha, "beta": self.beta}
+
+    def __call__(
+        self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor
+    ) -> torch.Tensor:
+        return dkd_loss(
+            student_logits, teacher_logits, target, temperature=self.temperature, alpha=self.alpha, beta=self.beta
+        )
+
+
+class NKDLoss(PerSampleLoss):
+    """Normalized KD per row (see :func:`nkd_loss`), the target class left out of the non-target term.
+
+    Args:
+        temperature: T of the non-target term; 4 in the official SDD CIFAR-100 recipes (the NKD paper and its
+            ImageNet baseline use 1).
+        gamma: weight of the non-target term; 8 by default, 6 for some pairs (the NKD paper uses 1.5).
+    """
+
+    def __init__(self, temperature: float = 4.0, gamma: float = 8.0) -> None:
+        _check_settings("NKDLoss", temperature=temperature, gamma=gamma)
+        self.temperature, self.gamma = float(temperature), float(gamma)
+
+    def settings(self) -> dict[str, float]:
+        return {"temperature": self.temperature, "gamma": self.gamma}
+
+    def __call__(
+        self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor
+    ) -> torch.Tensor:
+        return nkd_loss(student_logits, teacher_logits, target, temperature=self.temperature, gamma=self.gamma)
+
+
+BASE_LOSSES: dict[str, type[PerSampleLoss]] = {"kd": KDLoss, "dkd": DKDLoss, "nkd": NKDLoss}
+"""The built-in base losses by the names the functional API (``sdd_loss(base="kd")``) accepts."""

@@ -13,6 +13,9 @@ Registered names (``available_models()`` lists them):
   ImageNet student). mdistiller calls the ImageNet ResNets ``ResNet18`` / ``ResNet34`` / ``ResNet50``, but
   ``ResNet18`` / ``ResNet50`` here are the CIFAR networks of the same names, hence the prefix.
 - Small networks for tests and the quickstart: ``tiny_cnn``, ``small_cnn``.
+- Your own network by its dotted path (``my_package.nets.MyNet``: a class or function called with
+  ``num_classes`` and the keyword arguments); one that lacks ``forward_features`` / ``get_classifier`` is
+  trained through a ``DistillationModule`` subclass that overrides ``student_features`` / ``teacher_features``.
 - Any torchvision or timm classification model through :class:`FeatureClassifierAdapter`:
   ``torchvision:<name>`` (e.g. ``torchvision:resnet18``) and ``timm:<name>`` (e.g. ``timm:mobilenetv2_100``;
   needs the optional package timm). Keyword arguments go to torchvision / timm, plus ``head_norm``.
@@ -20,6 +23,8 @@ Registered names (``available_models()`` lists them):
 
 from __future__ import annotations
 
+import difflib
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -36,50 +41,48 @@ ADAPTER_PREFIXES = ("torchvision:", "timm:")
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A registered network: its constructor, its family and its parameter count where one was published."""
+    """A registered network: its name, its constructor and its family."""
 
     name: str
     builder: Callable[..., nn.Module]
     family: str
     """``"cifar"`` (takes ``stem``), ``"imagenet"`` or ``"tiny"``."""
-    published_params: int | None = None
-    """Parameter count at 100 classes (CIFAR, SDD_METHOD.md section 6) or 1000 classes (ImageNet)."""
 
 
 def _specs() -> dict[str, ModelSpec]:
     cifar_models = {
-        "resnet8": (cifar.resnet8, 83_892),
-        "resnet14": (cifar.resnet14, 181_108),
-        "resnet20": (cifar.resnet20, 278_324),
-        "resnet32": (cifar.resnet32, 472_756),
-        "resnet44": (cifar.resnet44, 667_188),
-        "resnet56": (cifar.resnet56, 861_620),
-        "resnet110": (cifar.resnet110, 1_736_564),
-        "resnet8x4": (cifar.resnet8x4, 1_233_540),
-        "resnet32x4": (cifar.resnet32x4, 7_433_860),
-        "ResNet18": (cifar.ResNet18, 11_220_132),
-        "ResNet50": (cifar.ResNet50, 23_705_252),
-        "wrn_16_1": (cifar.wrn_16_1, 180_916),
-        "wrn_16_2": (cifar.wrn_16_2, 703_284),
-        "wrn_40_1": (cifar.wrn_40_1, 569_780),
-        "wrn_40_2": (cifar.wrn_40_2, 2_255_156),
-        "vgg8": (cifar.vgg8, 3_965_028),
-        "vgg11": (cifar.vgg11, 9_277_284),
-        "vgg13": (cifar.vgg13, 9_462_180),
-        "vgg16": (cifar.vgg16, 14_774_436),
-        "vgg19": (cifar.vgg19, 20_086_692),
-        "MobileNetV2": (cifar.mobile_half, 812_836),
-        "ShuffleV1": (cifar.ShuffleV1, 949_258),
-        "ShuffleV2": (cifar.ShuffleV2, 1_355_528),
+        "resnet8": cifar.resnet8,
+        "resnet14": cifar.resnet14,
+        "resnet20": cifar.resnet20,
+        "resnet32": cifar.resnet32,
+        "resnet44": cifar.resnet44,
+        "resnet56": cifar.resnet56,
+        "resnet110": cifar.resnet110,
+        "resnet8x4": cifar.resnet8x4,
+        "resnet32x4": cifar.resnet32x4,
+        "ResNet18": cifar.ResNet18,
+        "ResNet50": cifar.ResNet50,
+        "wrn_16_1": cifar.wrn_16_1,
+        "wrn_16_2": cifar.wrn_16_2,
+        "wrn_40_1": cifar.wrn_40_1,
+        "wrn_40_2": cifar.wrn_40_2,
+        "vgg8": cifar.vgg8,
+        "vgg11": cifar.vgg11,
+        "vgg13": cifar.vgg13,
+        "vgg16": cifar.vgg16,
+        "vgg19": cifar.vgg19,
+        "MobileNetV2": cifar.mobile_half,
+        "ShuffleV1": cifar.ShuffleV1,
+        "ShuffleV2": cifar.ShuffleV2,
     }
     imagenet_models = {
-        "imagenet_resnet18": (imagenet.imagenet_resnet18, 11_689_512),
-        "imagenet_resnet34": (imagenet.imagenet_resnet34, 21_797_672),
-        "imagenet_resnet50": (imagenet.imagenet_resnet50, 25_557_032),
-        "MobileNetV1": (imagenet.MobileNetV1, 4_231_976),
+        "imagenet_resnet18": imagenet.imagenet_resnet18,
+        "imagenet_resnet34": imagenet.imagenet_resnet34,
+        "imagenet_resnet50": imagenet.imagenet_resnet50,
+        "MobileNetV1": imagenet.MobileNetV1,
     }
-    specs = {name: ModelSpec(name, fn, "cifar", count) for name, (fn, count) in cifar_models.items()}
-    specs |= {name: ModelSpec(name, fn, "imagenet", count) for name, (fn, count) in imagenet_models.items()}
+    specs = {name: ModelSpec(name, fn, "cifar") for name, fn in cifar_models.items()}
+    specs |= {name: ModelSpec(name, fn, "imagenet") for name, fn in imagenet_models.items()}
     specs |= {
         name: ModelSpec(name, fn, "tiny") for name, fn in (("tiny_cnn", tiny.tiny_cnn), ("small_cnn", tiny.small_cnn))
     }
@@ -105,8 +108,9 @@ def model_spec(name: str) -> ModelSpec:
     try:
         return _REGISTRY[name]
     except KeyError:
-        close = [known for known in _REGISTRY if known.lower() == name.lower()]
-        hint = f" Did you mean {close[0]!r}?" if close else ""
+        close = difflib.get_close_matches(name, _REGISTRY, n=3, cutoff=0.6)
+        close = close or [known for known in _REGISTRY if known.lower() == name.lower()]
+        hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
         raise ValueError(
             f"unknown model {name!r}.{hint} Known models: {', '.join(_REGISTRY)}; or 'torchvision:<name>' / "
             "'timm:<name>' for any torchvision or timm classification model."
@@ -132,6 +136,8 @@ def build_model(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
         return FeatureClassifierAdapter.from_torchvision(name.removeprefix("torchvision:"), num_classes, **kwargs)
     if name.startswith("timm:"):
         return FeatureClassifierAdapter.from_timm(name.removeprefix("timm:"), num_classes, **kwargs)
+    if name not in _REGISTRY and "." in name:
+        return _import_constructor(name)(num_classes=num_classes, **kwargs)
     spec = model_spec(name)
     try:
         return spec.builder(num_classes=num_classes, **kwargs)
@@ -147,3 +153,18 @@ def _options_hint(spec: ModelSpec) -> str:
     if spec.name.startswith("imagenet_resnet"):
         return "torchvision ResNets take num_classes, weights, progress and torchvision.models.ResNet's arguments."
     return f"{spec.name} takes num_classes only."
+
+
+def _import_constructor(path: str) -> Callable[..., nn.Module]:
+    """``package.module.Name`` -> the callable ``Name`` (a network class or function taking ``num_classes``)."""
+    module_name, _, attribute = path.rpartition(".")
+    try:
+        constructor = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as error:
+        raise ValueError(
+            f"{path!r} is neither a registered model nor an importable constructor ({error}); give a registered "
+            "name, 'torchvision:<name>' / 'timm:<name>', or the dotted path of your own network class"
+        ) from None
+    if not callable(constructor):
+        raise ValueError(f"{path!r} is not callable: give a network class or a function that builds one")
+    return constructor
