@@ -24,7 +24,7 @@ best=$("$PY" -c "import json; print(json.load(open('$out/teacher/results.json'))
 "$PY" scripts/export_teacher.py "$best" resnet32x4 100 "$out/resnet32x4_cifar100.pth"
 
 for method in kd sd_kd; do
-  "$PY" -m sdd_lightning.train experiment=cifar100/res32x4_res8x4_$method "${common[@]}" \
+  "$PY" -m sdd_lightning.train pair=cifar100/res32x4_res8x4 distill="$method" "${common[@]}" \
     teacher.checkpoint="$out/resnet32x4_cifar100.pth" epochs="$se" scheduler.milestones="$(milestones "$se")" \
     hydra.run.dir="$out/$method"
 done

@@ -1,4 +1,4 @@
-"""Every file of the conf tree composes, and every experiment instantiates its networks and data module."""
+"""Every file of the conf tree composes, and every setting of the paper builds its module and data module."""
 
 from __future__ import annotations
 
@@ -8,27 +8,33 @@ import lightning as L
 import pytest
 import torch
 from app_helpers import CONF_DIR, TINY, compose_config
-from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from sdd_lightning.builders import build_module, check_config, is_distillation
+from sdd_lightning.builders import build_datamodule, build_module, check_config, is_distillation
+from sdd_lightning.catalog import published, setting_overrides
 
 EXPERIMENTS = sorted(
     str(p.relative_to(CONF_DIR / "experiment").with_suffix("")) for p in (CONF_DIR / "experiment").rglob("*.yaml")
 )
-GROUPS = {
-    group: sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
-    for group in ("data", "distill", "optimizer", "scheduler", "trainer", "logger", "callbacks", "hparams_search")
-}
+PAIRS = sorted(str(p.relative_to(CONF_DIR / "pair").with_suffix("")) for p in (CONF_DIR / "pair").rglob("*.yaml"))
+METHODS = ["kd", "sd_kd", "dkd", "sd_dkd", "nkd", "sd_nkd"]
+SETTINGS = sorted(published())
+GROUP_NAMES = ("data", "loss", "distill", "optimizer", "scheduler", "trainer", "logger", "callbacks", "hparams_search")
+GROUPS = {group: sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml")) for group in GROUP_NAMES}
 
 
-def test_the_tree_has_every_published_setting():
-    cifar = [e for e in EXPERIMENTS if e.startswith("cifar100/") and "ablation" not in e and "teacher" not in e]
-    assert len(cifar) == 10 * 6 + 2  # ten pairs x six methods, and the ablation pair's KD / SD-KD
-    assert len([e for e in EXPERIMENTS if e.startswith("cifar100/ablation/")]) == 2 * 5 + 5
-    assert len([e for e in EXPERIMENTS if e.startswith("cifar100/teacher_")]) == 6
-    assert len([e for e in EXPERIMENTS if e.startswith("imagenet/")]) == 2 * 6 + 2
-    assert len([e for e in EXPERIMENTS if e.startswith("cub200/")]) == 5 * 6 + 6
+def test_the_catalogue_has_every_published_setting():
+    def count(prefix: str, parts: int | None = None) -> int:
+        return len([s for s in SETTINGS if s.startswith(prefix) and (parts is None or s.count("/") + 1 == parts)])
+
+    assert count("cifar100/", 3) - count("cifar100/ablation/") == 10 * 6 + 2  # ten pairs x six methods; res8x4's two
+    assert count("cifar100/ablation/") == 2 * 5 + 5
+    assert count("cifar100/teacher_") == 6
+    assert count("imagenet/", 3) == 2 * 6 and count("imagenet/baseline_") == 2
+    assert count("cub200/", 3) == 5 * 6 and count("cub200/teacher_") + count("cub200/baseline_") == 6
+    assert len(PAIRS) == 11 + 2 + 5
+    for setting in SETTINGS:  # every name in conf/published.yaml is a runnable setting
+        assert setting_overrides(setting)
 
 
 def _optuna_sweeper_installed() -> bool:
@@ -47,28 +53,45 @@ def test_every_group_option_composes(group, option):
     assert cfg is not None
 
 
-@pytest.mark.parametrize("experiment", EXPERIMENTS)
-def test_every_experiment_composes_and_instantiates(experiment, tmp_path, monkeypatch):
+def _buildable(setting_or_overrides: list[str], tmp_path):
     # Teacher weights are not available here: build the teacher without them (nothing is downloaded).
-    cfg = compose_config(
-        [f"experiment={experiment}", "teacher.checkpoint=null", "teacher.allow_random=true", "~teacher.kwargs.weights"]
-        if "imagenet/" in experiment and "baseline" not in experiment
-        else [f"experiment={experiment}", "teacher.checkpoint=null", "teacher.allow_random=true"],
-        run_dir=tmp_path,
-    )
-    if not experiment.startswith("quickstart/"):
-        assert cfg.published is not None, "every experiment records the published number it targets"
+    overrides = [*setting_or_overrides, "teacher.checkpoint=null", "teacher.allow_random=true"]
+    cfg = compose_config(overrides, run_dir=tmp_path)
+    if (cfg.teacher.get("kwargs") or {}).get("weights") is not None:
+        cfg = compose_config([*overrides, "~teacher.kwargs.weights"], run_dir=tmp_path)
     check_config(cfg)
-    datamodule = instantiate(cfg.data)  # constructing a DataModule reads no data
-    expected_classes = {"cifar100": 100, "cub200": 200, "imagenet": 1000, "quickstart": cfg.data.get("num_classes")}
-    assert datamodule.num_classes == expected_classes[experiment.split("/")[0]]
+    datamodule = build_datamodule(cfg)  # constructing a DataModule reads no data
     with torch.device("meta"):  # shapes and structure without the cost of initialising the weights
         module = build_module(cfg, datamodule.num_classes)
+    return cfg, datamodule, module
+
+
+@pytest.mark.parametrize("setting", SETTINGS)
+def test_every_published_setting_builds_its_module_and_data(setting, tmp_path):
+    cfg, datamodule, module = _buildable(setting_overrides(setting), tmp_path)
+    expected_classes = {"cifar100": 100, "cub200": 200, "imagenet": 1000}
+    assert datamodule.num_classes == expected_classes[setting.split("/")[0]]
     if is_distillation(cfg):
         assert tuple(module.head.scales) == tuple(cfg.distill.scales)
-        assert cfg.distill.scales[0] == 1
     else:
         assert not hasattr(module, "teacher")
+
+
+@pytest.mark.parametrize("experiment", [e for e in EXPERIMENTS if e.startswith("quickstart/")])
+def test_the_quickstart_experiments_build(experiment, tmp_path):
+    _buildable([f"experiment={experiment}"], tmp_path)
+
+
+@pytest.mark.parametrize("pair", PAIRS)
+@pytest.mark.parametrize("method", ["none", *METHODS])
+def test_every_pair_composes_with_every_method(pair, method):
+    cfg = compose_config([f"pair={pair}", f"distill={method}"])
+    assert cfg.method == method
+    if method != "none":
+        assert cfg.distill.loss._target_.endswith(("KDLoss", "DKDLoss", "NKDLoss"))
+        specialised = (CONF_DIR / "pair_method" / pair / f"{method}.yaml").is_file()
+        expected = list(cfg.pair_settings.sd_scales) if method.startswith("sd_") else [1]
+        assert specialised or list(cfg.distill.scales) == expected
 
 
 RUNTIME = {
@@ -92,8 +115,8 @@ def test_a_command_line_override_wins_over_the_trainer():
     assert compose_config(["trainer=ddp", "runtime.sync_batchnorm=false"]).trainer.sync_batchnorm is False
 
 
-def test_an_experiment_keeps_its_trainers_switches():
-    cfg = compose_config(["experiment=imagenet/res34_res18_sd_kd"])
+def test_a_pair_keeps_its_recipes_trainer_switches():
+    cfg = compose_config(["pair=imagenet/res34_res18", "distill=sd_kd"])
     assert cfg.runtime.sync_batchnorm and cfg.trainer.sync_batchnorm and cfg.runtime.channels_last
 
 

@@ -133,7 +133,7 @@ def test_sdd_train_cnn_teacher_to_vit_student(tmp_path):
     student = ["student.arch=timm:vit_tiny_patch16_224", *overrides("student", VIT_AVG)]
     results = train(compose_config([*SHORT, "teacher.arch=tiny_cnn", *student], tmp_path))
     assert results["status"] == "finished" and results["global_step"] == 2  # 128 images / 64 per batch
-    assert math.isfinite(_last_logged(tmp_path, "train/loss_step"))
+    assert math.isfinite(_last_logged(tmp_path, "train/loss"))
 
 
 @needs_timm
@@ -141,7 +141,7 @@ def test_sdd_train_swin_teacher_to_cnn_student(tmp_path):
     teacher = ["teacher.arch=timm:swin_tiny_patch4_window7_224", *overrides("teacher", SWIN)]
     results = train(compose_config([*SHORT, *teacher], tmp_path))
     assert results["status"] == "finished" and results["global_step"] == 2
-    assert math.isfinite(_last_logged(tmp_path, "train/loss_step"))
+    assert math.isfinite(_last_logged(tmp_path, "train/loss"))
 
 
 def test_get_classifier_takes_a_norm_then_linear_and_refuses_what_has_no_sizes():

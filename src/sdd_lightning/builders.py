@@ -1,31 +1,37 @@
 """From a resolved Hydra config to the objects of one run, with early, actionable errors.
 
-Every check here runs before any data is read or any step is trained, and every error names the
-command-line override that fixes it.
+Every object is a config node with ``_target_``: the data module (``data``), the LightningModule with its base
+loss (``distill``, ``distill.loss``), the optimiser and scheduler, callbacks and loggers. Building them is
+``instantiate``; what this module adds is the networks (built by name and loaded from their checkpoints) and
+turning the ``ValueError`` an owner raises for a bad value into a :class:`ConfigError` that names the override
+that fixes it. Every check here runs before any data is read or any step is trained.
 """
 
 from __future__ import annotations
 
+import difflib
 import netrc
 import os
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 import lightning as L
-import torch
-from hydra.utils import instantiate
+from hydra.errors import InstantiationException
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from sdd_lightning.heads import validate_scales
 from sdd_lightning.models import UnsafeCheckpointError, available_models, build_model, get_classifier, load_weights
+from sdd_lightning.models.registry import ADAPTER_PREFIXES
 from sdd_lightning.module import ClassificationModule, DistillationModule
 
 __all__ = [
     "ConfigError",
     "build_callbacks",
+    "build_datamodule",
     "build_loggers",
     "build_module",
     "build_network",
@@ -39,48 +45,117 @@ class ConfigError(ValueError):
 
 
 def is_distillation(cfg: DictConfig) -> bool:
-    """Whether the run has a teacher (any ``distill`` other than ``none``)."""
-    return cfg.distill.method != "none"
+    """Whether the run's module distils from a teacher (its ``distill._target_`` is a ``DistillationModule``)."""
+    target = cfg.distill.get("_target_")
+    try:
+        module_class = get_class(target)
+    except Exception as error:  # Hydra raises ImportError or its own errors for a bad path
+        raise ConfigError(
+            f"distill._target_={target} cannot be imported ({error}); give a LightningModule class, e.g. "
+            "distill._target_=sdd_lightning.module.DistillationModule or your own subclass (my_package.MyModule)"
+        ) from None
+    return issubclass(module_class, DistillationModule)
+
+
+def suggest(name: str, known: list[str]) -> str:
+    """`` Did you mean 'x'?`` for the closest known names, or nothing."""
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.6) or [k for k in known if k.lower() == name.lower()]
+    return f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
 
 
 def check_config(cfg: DictConfig) -> None:
-    """Checks what can be checked without building anything: names, scales, teacher presence."""
-    known = set(available_models())
-    roles = ("student", "teacher") if is_distillation(cfg) else ("student",)
-    for role in roles:
+    """Checks what can be checked without building anything: names, epochs, teacher presence."""
+    epochs = cfg.get("epochs")
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ConfigError(f"epochs={epochs!r}: give the number of training epochs, an integer >= 1 (e.g. epochs=240)")
+    known = available_models()
+    distilling = is_distillation(cfg)
+    for role in ("student", "teacher") if distilling else ("student",):
         arch = cfg[role].arch
         if arch is None:
             raise ConfigError(
                 f"{role}.arch is not set: give {role}.arch=<name> (known: {', '.join(sorted(known))})"
                 + ("" if role == "student" else ", or distill=none to train without a teacher")
             )
-        if arch not in known and not _is_adapter_name(arch):
+        if arch not in known and not arch.startswith(ADAPTER_PREFIXES) and "." not in arch:
             raise ConfigError(
-                f"unknown {role}.arch={arch!r}. Known names: {', '.join(sorted(known))}; or "
-                f"'torchvision:<name>' / 'timm:<name>' for any torchvision or timm classifier"
+                f"unknown {role}.arch={arch!r}.{suggest(arch, known)} Known names: {', '.join(sorted(known))}; or "
+                "'torchvision:<name>' / 'timm:<name>' for any torchvision or timm classifier, or the dotted path of "
+                "your own network class (my_package.nets.MyNet)"
             )
-    if not is_distillation(cfg):
+    if not distilling:
         return
-    try:
-        validate_scales(list(cfg.distill.scales))
-    except ValueError as error:
-        raise ConfigError(f"distill.scales={list(cfg.distill.scales)}: {error} (e.g. distill.scales=[1,2,4])") from None
-    if cfg.distill.scales[0] != 1:
-        raise ConfigError("distill.scales must start with 1 (the global region), e.g. distill.scales=[1,2,4]")
     pretrained = (cfg.teacher.get("kwargs") or {}).get("weights") is not None
     if cfg.teacher.checkpoint is None and not pretrained and not cfg.teacher.allow_random:
         raise ConfigError(
-            f"distill={cfg.distill.method} needs trained teacher weights: give teacher.checkpoint=<file> "
+            f"distill={cfg.get('method')} needs trained teacher weights: give teacher.checkpoint=<file> "
             "(mdistiller/CRD .pth, a .ckpt of ours, or a state_dict) or teacher.kwargs.weights=<torchvision weights>; "
-            "for a smoke run only, "
+            "train one with sdd-train experiment=<data>/teacher_<arch> (then teacher.checkpoint=<its run>/checkpoints/"
+            "best-*.ckpt), or set SDD_TEACHER_DIR to the folder of the CRD teachers; for a smoke run only, "
             "teacher.allow_random=true distils from a randomly initialised teacher"
         )
     if cfg.teacher.checkpoint is not None and not Path(cfg.teacher.checkpoint).is_file():
-        raise ConfigError(f"teacher.checkpoint={cfg.teacher.checkpoint} does not exist: give the path of its weights")
+        raise ConfigError(
+            f"teacher.checkpoint={cfg.teacher.checkpoint} does not exist: give the path of its weights; the CRD "
+            "teachers are looked up under $SDD_TEACHER_DIR (<dir>/<arch>_vanilla/ckpt_epoch_240.pth for CIFAR-100), "
+            "or train one with sdd-train experiment=<data>/teacher_<arch>"
+        )
 
 
-def _is_adapter_name(arch: str) -> bool:
-    return arch.startswith(("torchvision:", "timm:"))
+# Words that PyTorch's own messages use for a setting instead of its parameter name.
+_ALIASES = {"learning rate": "lr", "momentum value": "momentum", "weight_decay value": "weight_decay"}
+
+
+def _mentioned_keys(message: str, node: Mapping, prefix: str) -> list[tuple[int, str, Any]]:
+    """(position in ``message``, override path, value) of every key of ``node`` (or a nested node) it names."""
+    for words, key in _ALIASES.items():
+        message = message.replace(words, key)
+    found = []
+    for key, value in node.items():
+        path = f"{prefix}.{key}"
+        if isinstance(value, Mapping):
+            found += _mentioned_keys(message, value, path)
+        elif not str(key).startswith("_") and (match := re.search(rf"\b{re.escape(str(key))}\b", message)):
+            found.append((match.start(), path, value))
+    return found
+
+
+def config_error(path: str, node: Any, error: BaseException) -> ConfigError:
+    """A :class:`ConfigError` for a value that ``cfg[path]``'s owner refused, naming the override to change.
+
+    Owners name the refused setting first in their message (``"temperature must be > 0, ..."``); the key of the
+    node named first is the one to fix.
+    """
+    message = str(error).strip().removeprefix(f"{path}: ")
+    container = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+    named = _mentioned_keys(message, container, path) if isinstance(container, Mapping) else []
+    if named:
+        first = min(position for position, _, _ in named)
+        keys = [(key, value) for position, key, value in named if position == first]
+        where = ", ".join(f"{key}={value}" for key, value in keys)
+        return ConfigError(f"{where}: {message} (fix: {' / '.join(key for key, _ in keys)}=<a valid value>)")
+    return ConfigError(f"{path}: {message} (check the {path}.* overrides)")
+
+
+def instantiate_node(path: str, node: Any, **kwargs: Any) -> Any:
+    """``instantiate(node, **kwargs)``, with an owner's refusal of a value turned into a :class:`ConfigError`."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as error:
+        cause = error.__cause__ or error
+        if isinstance(cause, ValueError | TypeError):
+            raise config_error(path, node, cause) from None
+        raise ConfigError(f"{path}: {cause}") from None
+
+
+def _call(cfg: DictConfig, factory: Callable[..., Any], **kwargs: Any) -> Any:
+    """Completes the module's partial; a refused value is reported against the node it came from."""
+    try:
+        return factory(**kwargs)
+    except (ValueError, TypeError) as error:
+        # the module tries the optimiser and scheduler factories once and says which refused
+        path = next((p for p in ("optimizer", "scheduler") if str(error).startswith(f"{p}:")), "distill")
+        raise config_error(path, cfg.get(path), error) from None
 
 
 def build_network(cfg: DictConfig, role: str, num_classes: int) -> nn.Module:
@@ -104,7 +179,10 @@ def build_network(cfg: DictConfig, role: str, num_classes: int) -> nn.Module:
                 f"{role}.checkpoint={checkpoint} does not fit {role}.arch={node.arch} with {num_classes} classes:\n"
                 f"{error}\nFix: {role}.arch=<the file's architecture> or {role}.checkpoint=<a file for {node.arch}>"
             ) from error
-    classes = get_classifier(network).out_features
+    try:
+        classes = get_classifier(network).out_features
+    except TypeError:
+        return network  # outside the interface: a DistillationModule subclass's hooks give its classifier
     if classes != num_classes:
         raise ConfigError(
             f"{role} {node.arch} predicts {classes} classes but data={cfg.data._target_.rsplit('.', 1)[-1]} has "
@@ -113,62 +191,60 @@ def build_network(cfg: DictConfig, role: str, num_classes: int) -> nn.Module:
     return network
 
 
-def _factory(node: Any) -> Any:
-    """Instantiates a ``_partial_`` optimizer/scheduler node; an empty node means none."""
+def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
+    """The run's data module (``cfg.data``); constructing it reads no data."""
+    return instantiate_node("data", cfg.data)
+
+
+def _factory(path: str, node: Any) -> Any:
+    """A ``_partial_`` optimizer/scheduler node as a factory; an empty node means none."""
     if node is None or "_target_" not in node:
         return None
-    return instantiate(node)
+    return instantiate_node(path, node)
 
 
 def build_module(cfg: DictConfig, num_classes: int) -> ClassificationModule:
-    """The LightningModule of the run: ``ClassificationModule`` for ``distill=none``, else distillation."""
+    """The LightningModule of the run: ``instantiate(cfg.distill)`` with the networks, the solver and the switches.
+
+    ``cfg.distill`` is a ``_partial_`` node of a ``ClassificationModule`` (``distill=none``) or of a
+    ``DistillationModule`` or a subclass (``distill._target_=my_package.MyDistillation``), with its base loss
+    under ``distill.loss``; this function builds the networks and completes the call.
+    """
     student = build_network(cfg, "student", num_classes)
+    factory = instantiate_node("distill", cfg.distill)
     common = {
         "num_classes": num_classes,
-        "optimizer": _factory(cfg.optimizer),
-        "scheduler": _factory(cfg.get("scheduler")),
+        "optimizer": _factory("optimizer", cfg.optimizer),
+        "scheduler": _factory("scheduler", cfg.get("scheduler")),
         "channels_last": bool(cfg.runtime.channels_last),
+        "compile": bool(cfg.runtime.compile),
     }
     if not is_distillation(cfg):
-        module = ClassificationModule(student, **common)
-    else:
-        teacher = build_network(cfg, "teacher", num_classes)
-        d = cfg.distill
-        module = DistillationModule(
-            student,
-            teacher,
-            scales=tuple(d.scales),
-            pooling=d.pooling,
-            base=d.base,
-            temperature=d.temperature,
-            alpha=d.alpha,
-            beta=d.beta,
-            gamma=d.gamma,
-            ce_weight=d.ce_weight,
-            kd_weight=d.kd_weight,
-            warmup_epochs=d.warmup_epochs,
-            complementary_weight=d.complementary_weight,
-            consistent_weight=d.consistent_weight,
-            consistency=d.consistency,
-            fold_teacher_bn=bool(cfg.runtime.fold_teacher_bn),
-            **common,
-        )
-    if cfg.runtime.compile:
-        for network in (module.model, getattr(module, "teacher", None)):
-            if network is not None:
-                network.forward_features = torch.compile(network.forward_features)
-    return module
+        return _call(cfg, factory, model=student, **common)
+    teacher = build_network(cfg, "teacher", num_classes)
+    return _call(
+        cfg,
+        factory,
+        student=student,
+        teacher=teacher,
+        fold_teacher_bn=bool(cfg.runtime.fold_teacher_bn),
+        **common,
+    )
 
 
-def _instantiate_group(node: Mapping | None) -> list[Any]:
+def _instantiate_group(path: str, node: Mapping | None) -> list[Any]:
     if not node:
         return []
-    return [instantiate(entry) for entry in node.values() if entry is not None and "_target_" in entry]
+    return [
+        instantiate_node(f"{path}.{name}", entry)
+        for name, entry in node.items()
+        if entry is not None and "_target_" in entry
+    ]
 
 
 def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
     """The callbacks of ``cfg.callbacks`` (entries set to null are left out)."""
-    return _instantiate_group(cfg.get("callbacks"))
+    return _instantiate_group("callbacks", cfg.get("callbacks"))
 
 
 def build_loggers(cfg: DictConfig) -> list[Any]:
@@ -176,7 +252,7 @@ def build_loggers(cfg: DictConfig) -> list[Any]:
     node = cfg.get("logger")
     if node and node.get("wandb") is not None:
         _wandb_offline_unless_logged_in(cfg)
-    return _instantiate_group(node)
+    return _instantiate_group("logger", node)
 
 
 def _wandb_offline_unless_logged_in(cfg: DictConfig) -> None:

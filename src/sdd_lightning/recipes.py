@@ -17,15 +17,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-__all__ = ["COLUMNS", "compose_setting", "main", "recipe_rows", "render", "settings"]
+from sdd_lightning.catalog import CONF_DIR, compose_setting, published
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-CONF_DIR = PROJECT_ROOT / "conf"
-TABLE_PATH = PROJECT_ROOT / "docs" / "recipes.md"
+__all__ = ["COLUMNS", "main", "recipe_rows", "render"]
+
+TABLE_PATH = CONF_DIR.parent / "docs" / "recipes.md"
 
 COLUMNS = (
     "setting",
@@ -52,23 +50,6 @@ COLUMNS = (
     "evidence",
 )
 
-# The base loss's settings that a method uses; the others are shown as "-".
-_TAKES = {"kd": {"temperature"}, "dkd": {"temperature", "alpha", "beta"}, "nkd": {"temperature", "gamma"}}
-
-
-def settings(conf_dir: Path = CONF_DIR) -> list[str]:
-    """The experiments that record a published number: every setting of the paper, in file order."""
-    root = conf_dir / "experiment"
-    names = sorted(str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml"))
-    return [name for name in names if not name.startswith("quickstart/")]
-
-
-def compose_setting(name: str, conf_dir: Path = CONF_DIR) -> DictConfig:
-    """The config ``sdd-train experiment=<name>`` runs (without Hydra's runtime: nothing is resolved here)."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(str(conf_dir), version_base="1.3"):
-        return compose("train", overrides=[f"experiment={name}"])
-
 
 def _number(value: Any) -> str:
     if value is None:
@@ -79,16 +60,15 @@ def _number(value: Any) -> str:
 
 
 def _evidence(cfg: DictConfig) -> dict[str, str]:
-    """The evidence entries of a setting: the method's, then the setting's own (which may null the method's)."""
-    merged = dict(cfg.distill.get("evidence") or {}) | dict(cfg.get("evidence") or {})
-    return {key: " ".join(str(text).split()) for key, text in merged.items() if text}
+    """The evidence entries of a setting, by topic (whitespace normalised)."""
+    return {key: " ".join(str(text).split()) for key, text in (cfg.get("evidence") or {}).items() if text}
 
 
 def _row(name: str, cfg: DictConfig, footnotes: dict[str, int]) -> dict[str, str]:
     d = cfg.distill
-    distilling = d.method != "none"
-    base = d.get("base") if distilling else None
-    takes = _TAKES.get(base, set())
+    distilling = cfg.method != "none"
+    loss = OmegaConf.to_container(d.loss, resolve=True) if distilling else {}
+    regions = distilling and len(d.scales) > 1
     scheduler = cfg.get("scheduler") or {}
     milestones = scheduler.get("milestones")
     if milestones is None:
@@ -98,28 +78,29 @@ def _row(name: str, cfg: DictConfig, footnotes: dict[str, int]) -> dict[str, str
     evidence = _evidence(cfg)
     for key in evidence:
         footnotes.setdefault(key, len(footnotes) + 1)
+    paper = published().get(name)
     return {
         "setting": name,
         "data": name.split("/", 1)[0],
         "teacher": cfg.teacher.arch if distilling else "-",
         "student": cfg.student.arch,
-        "method": d.method,
+        "method": cfg.method,
         "epochs": _number(cfg.epochs),
         "batch": _number(batch),
         "LR": _number(cfg.optimizer.lr),
         "milestones": ", ".join(map(str, milestones)) if not isinstance(milestones, str) else milestones,
         "WD": _number(cfg.optimizer.weight_decay),
-        "T": _number(d.temperature) if "temperature" in takes else "-",
+        "T": _number(loss.get("temperature")),
         "CE": _number(d.ce_weight) if distilling else "1",
         "KD": _number(d.kd_weight) if distilling else "-",
-        "DKD α/β": f"{_number(d.alpha)} / {_number(d.beta)}" if "beta" in takes else "-",
-        "NKD γ": _number(d.gamma) if "gamma" in takes else "-",
+        "DKD α/β": f"{_number(loss['alpha'])} / {_number(loss['beta'])}" if "beta" in loss else "-",
+        "NKD γ": _number(loss.get("gamma")),
         "warm-up": _number(d.warmup_epochs) if distilling else "-",
         "M": "{" + ", ".join(map(str, d.scales)) + "}" if distilling else "-",
-        "β": _number(d.complementary_weight) if distilling and len(d.scales) > 1 else "-",
-        "consistency": d.consistency if distilling and len(d.scales) > 1 else "-",
-        "pooling": d.pooling if distilling and len(d.scales) > 1 else "-",
-        "published": f"{cfg.published:.2f}" if cfg.get("published") is not None else "-",
+        "β": _number(d.complementary_weight) if regions else "-",
+        "consistency": d.consistency if regions else "-",
+        "pooling": d.pooling if regions else "-",
+        "published": f"{paper:.2f}" if paper is not None else "-",
         "evidence": ", ".join(f"[{footnotes[key]}]" for key in sorted(evidence, key=footnotes.get)),
     }
 
@@ -129,7 +110,7 @@ def recipe_rows(conf_dir: Path = CONF_DIR) -> tuple[list[dict[str, str]], dict[s
     footnotes: dict[str, int] = {}
     texts: dict[str, str] = {}
     rows = []
-    for name in settings(conf_dir):
+    for name in sorted(published()):
         cfg = compose_setting(name, conf_dir)
         texts |= _evidence(cfg)
         rows.append(_row(name, cfg, footnotes))
@@ -148,8 +129,10 @@ def render(rows: list[dict[str, str]], evidence: dict[str, str]) -> str:
     header = [
         "# Recipes",
         "",
-        "Generated by `python -m sdd_lightning.recipes` from the composed configs (`sdd-train experiment=<setting>`);",
-        "do not edit by hand. A test regenerates it, so a changed recipe value shows here as a diff.",
+        "Generated by `python -m sdd_lightning.recipes` from the composed configs of every setting the paper",
+        "reports (conf/published.yaml): `<data>/<pair>/<method>` is `sdd-train pair=<data>/<pair> distill=<method>`,",
+        "other names are `sdd-train experiment=<name>`. Do not edit by hand: a test regenerates it, so a changed",
+        "recipe value shows here as a diff.",
         "",
         "Batch is per device (x devices where there are several). T, α/β and γ are shown for the base loss that",
         "uses them; β (the weight of complementary regions), the consistency rule and the pooling only matter when",

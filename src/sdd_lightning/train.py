@@ -1,8 +1,8 @@
 """``sdd-train``: the Hydra application that composes a run from ``conf/`` and hands it to Lightning.
 
     sdd-train                                          # the built-in default (synthetic data, no teacher)
-    sdd-train experiment=cifar100/res32x4_shv1_sd_kd data.root=/data teacher.checkpoint=...
-    sdd-train -m distill=kd,sd_kd seed=0,1,2           # a sweep; then: sdd-summary outputs/.../multiruns/...
+    sdd-train pair=cifar100/res32x4_shv1 distill=sd_kd data.root=/data teacher.checkpoint=...
+    sdd-train -m pair=cifar100/res32x4_shv1 distill=kd,sd_kd seed=0,1,2   # a sweep; then: sdd-summary <sweep dir>
 
 A run fits, tests the best checkpoint, and writes ``results.json`` in its output folder. ``main``
 returns the best validation top-1 so that Hydra sweepers can optimise it.
@@ -11,19 +11,14 @@ returns the best validation top-1 so that Hydra sweepers can optimise it.
 from __future__ import annotations
 
 import json
-import platform
-import subprocess
 import sys
 import time
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import hydra
 import lightning as L
-import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
@@ -31,16 +26,18 @@ from omegaconf import DictConfig, OmegaConf
 from sdd_lightning.builders import (
     ConfigError,
     build_callbacks,
+    build_datamodule,
     build_loggers,
     build_module,
     check_config,
     is_distillation,
 )
+from sdd_lightning.catalog import CONF_DIR, PUBLISHED_METRIC, published_top1, setting_name
 from sdd_lightning.checkpointing import AtomicCheckpointIO, RNGStateCallback, graceful_interrupts
+from sdd_lightning.provenance import device_name, git_commit, versions
 
 __all__ = ["main", "train"]
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
 RESULTS_FILE = "results.json"
 
 
@@ -66,7 +63,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     check_config(cfg)
     run_dir = current_run_dir()
     L.seed_everything(cfg.seed, workers=True)
-    datamodule = instantiate(cfg.data)
+    datamodule = build_datamodule(cfg)
     module = build_module(cfg, datamodule.num_classes)
     ckpt_path = resume_checkpoint(cfg, run_dir)
 
@@ -82,7 +79,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         plugins=[AtomicCheckpointIO()],
         default_root_dir=str(run_dir),
     )
-    resolved = OmegaConf.to_container(cfg, resolve=True)
+    setting = setting_name({group: _choice(group) for group in ("experiment", "pair", "distill")})
+    resolved = OmegaConf.to_container(cfg, resolve=True) | {"setting": setting}
     for logger in trainer.loggers:
         logger.log_hyperparams(resolved)
     if trainer.is_global_zero:
@@ -104,29 +102,32 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     results = {
         "val/acc1": fit_metrics.get("val/acc1"),
-        "val/acc1_best": float(module.val_acc1_best.compute()) if module.val_acc1_best.update_count else None,
+        "val/acc1_best": _measured(module.best_val_acc1),
         "val/acc5": fit_metrics.get("val/acc5"),
+        "val/acc5_best": _measured(module.best_val_acc5),
         **test_metrics,
-        "teacher/acc1": float(module.teacher_acc1) if is_distillation(cfg) else None,
+        "teacher/acc1": _measured(module.teacher_acc1) if is_distillation(cfg) else None,
         "epochs": trainer.current_epoch,
         "global_step": trainer.global_step,
         "wall_time_s": round(time.perf_counter() - start, 2),
         "status": status,
         "seed": cfg.seed,
+        "setting": setting,
         "experiment": _choice("experiment"),
         "overrides": _task_overrides(),
         "task_name": cfg.task_name,
         "data": cfg.data._target_.rsplit(".", 1)[-1],
-        "distill": cfg.distill.method,
+        "distill": cfg.method,
         "student": cfg.student.arch,
         "teacher": cfg.teacher.arch if is_distillation(cfg) else None,
-        "published": cfg.get("published"),
+        "published": published_top1(setting),
+        "published_metric": PUBLISHED_METRIC,
         "best_checkpoint": best or None,
         "accuracy_units": "fraction (0-1)",
         "world_size": trainer.world_size,
-        "device": _device_name(trainer),
-        "versions": _versions(),
-        "git_commit": _git_commit(),
+        "device": device_name(trainer),
+        "versions": versions(),
+        "git_commit": git_commit(),
     }
     _write_results(results, run_dir, trainer)
     if status == "interrupted":
@@ -146,6 +147,12 @@ def _write_results(results: dict[str, Any], run_dir: Path, trainer: L.Trainer) -
         tmp.replace(run_dir / RESULTS_FILE)
 
 
+def _measured(value: Any) -> float | None:
+    """A metric buffer as a float, or ``None`` while it still holds -1 (never measured)."""
+    value = float(value)
+    return None if value < 0 else value
+
+
 def _choice(group: str) -> str | None:
     try:
         return HydraConfig.get().runtime.choices.get(group)
@@ -160,41 +167,7 @@ def _task_overrides() -> list[str]:
         return []
 
 
-def _device_name(trainer: L.Trainer) -> str:
-    root = trainer.strategy.root_device
-    if root.type == "cuda":
-        return torch.cuda.get_device_name(root)
-    return f"{root.type}: {platform.processor() or platform.machine()}"
-
-
-def _versions() -> dict[str, str]:
-    versions = {"python": platform.python_version()}
-    for package in ("sdd-lightning", "torch", "torchvision", "lightning", "torchmetrics", "hydra-core"):
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package] = "not installed"
-    return versions
-
-
-def _git_commit() -> str | None:
-    """The project's commit (with ``+dirty`` when the tree has changes), or ``None`` outside a checkout."""
-    try:
-        commit = subprocess.run(
-            ["git", "-C", str(PROJECT_ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(PROJECT_ROOT), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return commit + ("+dirty" if dirty else "")
-
-
-@hydra.main(version_base="1.3", config_path=str(PROJECT_ROOT / "conf"), config_name="train")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def main(cfg: DictConfig) -> float | None:
     """The ``sdd-train`` entry point: returns the best validation top-1 (for sweepers)."""
     try:
