@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from sdd_lightning.heads import ScaleDecoupledHead
@@ -182,6 +182,8 @@ def evaluate_checkpoint(
         The report (JSON-ready; accuracies as fractions) and the first network's per-class rows.
     """
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if "pin_memory" in data and torch.device(device).type != "cuda":
+        data = OmegaConf.merge(data, {"pin_memory": False})  # page-locked memory only helps copies to a GPU
     datamodule = build_datamodule(data)
     networks = {spec.role: spec.build(datamodule.num_classes) for spec in specs}  # bad weights fail before data loads
     loader = split_loader(datamodule, split)
