@@ -223,3 +223,76 @@ def test_keys_under_an_unknown_prefix_suggest_prefix(tmp_path):
     with pytest.raises(CheckpointMismatchError, match=r"under net\.: load one part with prefix='net'"):
         load_weights(build_model("tiny_cnn", 10), path)
     assert same_weights(source, load_weights(build_model("tiny_cnn", 10), path, prefix="net"))
+
+
+def damaged_files(tmp_path) -> dict[str, object]:
+    """A good checkpoint broken in the ways downloads and copies break, plus bytes that never were one."""
+    good = tmp_path / "good.pth"
+    torch.save({"model": build_model("tiny_cnn", 10).state_dict()}, good)
+    legacy = tmp_path / "legacy.pth"
+    torch.save({"model": build_model("tiny_cnn", 10).state_dict()}, legacy, **LEGACY)
+    files = {
+        "empty": b"",
+        "truncated": good.read_bytes()[: good.stat().st_size // 2],
+        "truncated_legacy": legacy.read_bytes()[: legacy.stat().st_size // 2],
+        "text": b"not a checkpoint at all",
+    }
+    generator = np.random.default_rng(0)
+    files |= {f"random{i}": generator.integers(0, 256, 4096, dtype=np.uint8).tobytes() for i in range(4)}
+    files["random_pickle_header"] = b"\x80\x02" + files["random0"]  # starts like a pickle, then garbage
+    paths = {}
+    for name, data in files.items():
+        paths[name] = tmp_path / f"{name}.pth"
+        paths[name].write_bytes(data)
+    return paths
+
+
+def test_unreadable_files_say_so_and_never_suggest_an_unsafe_load(tmp_path):
+    from sdd_lightning.models import UnreadableCheckpointError
+
+    for name, path in damaged_files(tmp_path).items():
+        with pytest.raises(UnreadableCheckpointError) as error:
+            load_weights(build_model("tiny_cnn", 10), path)
+        message = str(error.value)
+        assert f"{name}.pth" in message and "is unreadable" in message, message
+        expected = {
+            "empty": "it is empty (0 bytes)",
+            "truncated": "it is a PyTorch file, but truncated or corrupt",
+            "truncated_legacy": "it is a PyTorch file, but truncated or corrupt",
+        }.get(name, "it is not a PyTorch checkpoint")
+        assert expected in message, message
+        assert "weights_only" not in message and "architecture" not in message, message
+
+
+def test_class_count_mismatch_is_named_as_such(tmp_path):
+    from sdd_lightning.models import ClassCountMismatchError
+
+    path = tmp_path / "resnet8_cifar10.pth"
+    torch.save({"model": build_model("resnet8", 10).state_dict()}, path)
+    with pytest.raises(ClassCountMismatchError) as error:
+        load_weights(build_model("resnet8", 100), path)
+    assert (error.value.file_classes, error.value.model_classes) == (10, 100)
+    message = str(error.value)
+    assert "predicts 10 classes and the network was built for 100: the class count differs" in message
+    assert "num_classes=10" in message
+    # another architecture is not a class-count problem, even when its classifier differs too
+    with pytest.raises(CheckpointMismatchError) as error:
+        load_weights(build_model("resnet14", 100), path)
+    assert not isinstance(error.value, ClassCountMismatchError)
+
+
+def test_safetensors_files_load_and_damaged_ones_are_unreadable(tmp_path):
+    from safetensors.torch import save_file
+
+    from sdd_lightning.models import UnreadableCheckpointError
+
+    source = trained_like("resnet8", 10)
+    path = tmp_path / "resnet8.safetensors"
+    save_file({k: v.half() if v.is_floating_point() else v for k, v in source.state_dict().items()}, path)
+    target = load_weights(build_model("resnet8", 10), path, strict=True)
+    for key, value in source.state_dict().items():
+        torch.testing.assert_close(target.state_dict()[key], value, rtol=1e-3, atol=1e-3, check_dtype=False)
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(UnreadableCheckpointError, match=r"truncated\.safetensors.*not a complete \.safetensors"):
+        load_weights(build_model("resnet8", 10), truncated)

@@ -7,18 +7,26 @@ names; ``torchvision:<name>`` / ``timm:<name>`` wrap torchvision and timm models
 
 from .adapter import FeatureClassifierAdapter, HeadNorm
 from .base import FeatureClassifierNet
-from .checkpoints import CheckpointMismatchError, UnsafeCheckpointError, load_weights
+from .checkpoints import (
+    CheckpointMismatchError,
+    ClassCountMismatchError,
+    UnreadableCheckpointError,
+    UnsafeCheckpointError,
+    load_weights,
+)
 from .cifar import Stem
 from .interface import FeatureClassifier, get_classifier
 from .registry import available_models, build_model, model_spec
 
 __all__ = [
     "CheckpointMismatchError",
+    "ClassCountMismatchError",
     "FeatureClassifier",
     "FeatureClassifierAdapter",
     "FeatureClassifierNet",
     "HeadNorm",
     "Stem",
+    "UnreadableCheckpointError",
     "UnsafeCheckpointError",
     "available_models",
     "build_model",

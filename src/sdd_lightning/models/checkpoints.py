@@ -7,7 +7,8 @@ Understood formats:
 - Lightning ``.ckpt`` files of this package's modules: ``"state_dict"`` with keys ``model.*`` (the network of a
   ``ClassificationModule``, the student of a ``DistillationModule``) and ``teacher.*``; ``student.*`` where a
   module names it so. The student / model part is taken unless ``prefix=`` says otherwise.
-- plain state_dicts, including whole-distiller dicts (``student.*`` / ``teacher.*``).
+- plain state_dicts, including whole-distiller dicts (``student.*`` / ``teacher.*``), saved with ``torch.save``
+  or as ``.safetensors`` files (what ``sdd-export`` writes).
 
 ``module.`` (DataParallel / DistributedDataParallel) and ``_orig_mod.`` (``torch.compile``) are stripped.
 
@@ -15,8 +16,10 @@ Files are read with ``torch.load(weights_only=True)``: tensors, containers and p
 allow-list of harmless types those files contain (``argparse.Namespace``; numpy scalars, dtypes and arrays). A
 file that needs any other global (a class, a function: anything that could run code while unpickling) is
 refused before anything of it is executed, with an :class:`UnsafeCheckpointError` naming the file and the
-global. When a file does not fit the network, the error lists the missing, unexpected and shape-mismatched
-keys and names the registered architecture the file most likely holds.
+global. A file that cannot be read at all (empty, truncated, corrupt, or not a checkpoint) raises an
+:class:`UnreadableCheckpointError` that says so. When a file does not fit the network, the error lists the missing,
+unexpected and shape-mismatched keys and names the registered architecture the file most likely holds; when only
+the classifier's class count differs, a :class:`ClassCountMismatchError` says that instead.
 """
 
 from __future__ import annotations
@@ -36,19 +39,48 @@ from torch import nn
 
 from .interface import get_classifier
 
-__all__ = ["CheckpointMismatchError", "UnsafeCheckpointError", "extract_state_dict", "load_weights", "read_checkpoint"]
+__all__ = [
+    "CheckpointMismatchError",
+    "ClassCountMismatchError",
+    "UnreadableCheckpointError",
+    "UnsafeCheckpointError",
+    "extract_state_dict",
+    "load_weights",
+    "read_checkpoint",
+]
 
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 _NETWORK_PREFIXES = ("student.", "model.")  # in order of preference when no prefix is given
 _LIST_LIMIT = 12
+_ZIP_MAGIC = b"PK\x03\x04"  # torch.save's default format is a zip archive
+_LEGACY_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"  # the pre-1.6 format: a pickled magic number
+SAFETENSORS_SUFFIX = ".safetensors"
 
 
 class UnsafeCheckpointError(pickle.UnpicklingError):
     """A checkpoint file needs a global outside the allow-list; it was not unpickled."""
 
 
+class UnreadableCheckpointError(ValueError):
+    """A checkpoint file cannot be read at all: empty, truncated, corrupt, or not a checkpoint file."""
+
+
 class CheckpointMismatchError(RuntimeError):
     """A checkpoint's tensors do not fit the network they were loaded into."""
+
+
+class ClassCountMismatchError(CheckpointMismatchError):
+    """A checkpoint fits the network's architecture, but its classifier has another number of classes.
+
+    Attributes:
+        file_classes: the class count of the file's classifier.
+        model_classes: the class count the network was built with.
+    """
+
+    def __init__(self, message: str, file_classes: int, model_classes: int) -> None:
+        super().__init__(message)
+        self.file_classes = file_classes
+        self.model_classes = model_classes
 
 
 # ------------------------------------------------------------------------------------------------- reading
@@ -74,25 +106,57 @@ def _allowed_globals() -> list[Any]:
     return allowed
 
 
+def _unreadable(path: Path, what: str) -> UnreadableCheckpointError:
+    return UnreadableCheckpointError(
+        f"checkpoint {str(path)!r} is unreadable: {what}. Fix: download or copy the file again (compare its size "
+        "or checksum with the source's), or give another file."
+    )
+
+
+def _damage(path: Path, error: BaseException) -> str:
+    """What is wrong with a file ``torch.load`` failed on, in words (never PyTorch's advice to load it unsafely)."""
+    with path.open("rb") as handle:
+        head = handle.read(len(_LEGACY_MAGIC))
+    if head.startswith(_ZIP_MAGIC) or head == _LEGACY_MAGIC:
+        return f"it is a PyTorch file, but truncated or corrupt ({type(error).__name__} while reading it)"
+    return "it is not a PyTorch checkpoint (neither the zip format of torch.save nor its legacy format)"
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(path, device="cpu")
+    except SafetensorError as error:
+        raise _unreadable(path, f"it is not a complete .safetensors file ({error})") from None
+
+
 def read_checkpoint(path: str | os.PathLike) -> Any:
     """Unpickles a checkpoint file safely (``weights_only=True`` plus the allow-list), onto the CPU.
+
+    ``.safetensors`` files are read with the safetensors library (they hold tensors only; nothing to unpickle).
 
     Raises:
         FileNotFoundError: no file at ``path``.
         UnsafeCheckpointError: the file needs a global outside the allow-list (nothing of it was executed).
-        ValueError: the file is not a readable PyTorch checkpoint.
+        UnreadableCheckpointError: the file is empty, truncated, corrupt or not a checkpoint at all.
     """
     path = Path(path)
     if not path.is_file():
         where = "a directory, not a file" if path.is_dir() else "no such file"
         raise FileNotFoundError(f"checkpoint {str(path)!r}: {where}")
+    if path.stat().st_size == 0:
+        raise _unreadable(path, "it is empty (0 bytes)")
+    if path.suffix == SAFETENSORS_SUFFIX:
+        return _read_safetensors(path)
     with torch.serialization.safe_globals(_allowed_globals()):
         try:
             return torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as error:
             offending = sorted(set(re.findall(r"GLOBAL ([\w.]+)", str(error))))
             if not offending:
-                raise ValueError(f"checkpoint {str(path)!r} could not be read: {error}") from None
+                raise _unreadable(path, _damage(path, error)) from None
             raise UnsafeCheckpointError(
                 f"refusing to load checkpoint {str(path)!r}: it needs {', '.join(offending)}, which is not on the "
                 "allow-list of harmless types (tensors, containers, numbers, strings, argparse.Namespace, numpy "
@@ -100,8 +164,8 @@ def read_checkpoint(path: str | os.PathLike) -> Any:
                 "If you trust the file, load it yourself with torch.load(weights_only=False) and save only its "
                 "state_dict."
             ) from None
-        except (RuntimeError, EOFError) as error:
-            raise ValueError(f"checkpoint {str(path)!r} is not a readable PyTorch file: {error}") from None
+        except Exception as error:  # EOFError, RuntimeError (zip reader), ValueError, ...: a damaged file
+            raise _unreadable(path, _damage(path, error)) from None
 
 
 # ---------------------------------------------------------------------------------------- state_dict views
@@ -167,12 +231,12 @@ def extract_state_dict(checkpoint: Any, *, prefix: str | None = None, path: str 
             if isinstance(checkpoint, Mapping)
             else type(checkpoint).__name__
         )
-        raise ValueError(
+        raise UnreadableCheckpointError(
             f"{path}: found no state_dict in it ({found}); expected a Lightning checkpoint ('state_dict'), an "
             "mdistiller/CRD file ('model') or a plain state_dict"
         )
     if not _is_state_dict(state_dict):
-        raise ValueError(f"{path}: its state_dict entry is not a mapping of names to tensors")
+        raise UnreadableCheckpointError(f"{path}: its state_dict entry is not a mapping of names to tensors")
     state_dict = _rename(state_dict, _strip_wrappers)
     if prefix is not None:
         prefix = prefix if prefix.endswith(".") else prefix + "."
@@ -235,7 +299,8 @@ def load_weights(
 
     Args:
         model: the network, built with the architecture and class count of the file.
-        path: an mdistiller/CRD ``.pth``, a Lightning ``.ckpt`` of this package, or a saved state_dict.
+        path: an mdistiller/CRD ``.pth``, a Lightning ``.ckpt`` of this package, or a saved state_dict
+            (``torch.save`` or ``.safetensors``).
         strict: require every key of the network to be in the file and every key of the file to be used. With
             ``strict=False`` missing and unexpected keys are skipped; shapes must match either way.
         prefix: which part of the file to load, e.g. ``"teacher"`` for the teacher of a distillation
@@ -247,6 +312,8 @@ def load_weights(
     Raises:
         FileNotFoundError: no file at ``path``.
         UnsafeCheckpointError: the file would need an unsafe global to be unpickled.
+        UnreadableCheckpointError: the file is empty, truncated, corrupt, not a checkpoint, or holds no weights.
+        ClassCountMismatchError: the file fits ``model``'s architecture but has another number of classes.
         CheckpointMismatchError: the file does not fit ``model``; the message lists the differences and names
             the registered architecture the file most likely holds.
     """
@@ -260,6 +327,8 @@ def load_weights(
         if len(_compare(prefixed, expected)[0]) < len(missing):
             state_dict = prefixed
             missing, unexpected, mismatched = _compare(state_dict, expected)
+    if mismatched and not (strict and (missing or unexpected)):
+        _check_class_count(model, state_dict, expected, mismatched, name)
     if mismatched or (strict and (missing or unexpected)):
         lines = [f"checkpoint {name!r} does not fit {type(model).__name__}:"]
         for title, items in (
@@ -278,6 +347,36 @@ def load_weights(
         state_dict = _rename(state_dict, lambda key: key if key in expected else None)
     model.load_state_dict(state_dict, strict=strict)
     return model
+
+
+def _check_class_count(
+    model: nn.Module,
+    state_dict: Mapping[str, torch.Tensor],
+    expected: Mapping[str, tuple[int, ...]],
+    mismatched: list[str],
+    name: str,
+) -> None:
+    """Raises :class:`ClassCountMismatchError` when the classifier's output size is the only difference."""
+    try:
+        classifier = get_classifier(model)
+    except TypeError:
+        return  # a network without the interface: the general message describes the difference
+    prefix = next(module_name for module_name, module in model.named_modules() if module is classifier)
+    keys = {f"{prefix}.weight", f"{prefix}.bias"}
+    mismatched_keys = {key for key in expected if key in state_dict and _shape(state_dict[key]) != expected[key]}
+    if not mismatched_keys <= keys or any(_shape(state_dict[key])[1:] != expected[key][1:] for key in mismatched_keys):
+        return
+    file_classes = _shape(state_dict[next(iter(mismatched_keys))])[0]
+    model_classes = classifier.out_features
+    raise ClassCountMismatchError(
+        f"checkpoint {name!r} fits {type(model).__name__}, but its classifier ({prefix}) predicts {file_classes} "
+        f"classes and the network was built for {model_classes}: the class count differs.\n"
+        f"{_listing('shape mismatches', mismatched)}\nFix: use weights "
+        f"trained on the {model_classes}-class data set, or build the network with num_classes={file_classes} "
+        f"(and evaluate it on a {file_classes}-class data set).",
+        file_classes=file_classes,
+        model_classes=model_classes,
+    )
 
 
 # ------------------------------------------------------------------------------------- which architecture?
