@@ -24,7 +24,15 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from sdd_lightning.models import UnsafeCheckpointError, available_models, build_model, get_classifier, load_weights
+from sdd_lightning.models import (
+    ClassCountMismatchError,
+    UnreadableCheckpointError,
+    UnsafeCheckpointError,
+    available_models,
+    build_model,
+    get_classifier,
+    load_weights,
+)
 from sdd_lightning.models.registry import ADAPTER_PREFIXES
 from sdd_lightning.module import ClassificationModule, DistillationModule
 
@@ -174,6 +182,14 @@ def build_network(cfg: DictConfig, role: str, num_classes: int) -> nn.Module:
             raise ConfigError(f"{role}.checkpoint={checkpoint}: {error}") from error
         except UnsafeCheckpointError as error:
             raise ConfigError(f"{role}.checkpoint={checkpoint} was refused: {error}") from error
+        except UnreadableCheckpointError as error:
+            raise ConfigError(f"{role}.checkpoint={checkpoint}: {error}") from error
+        except ClassCountMismatchError as error:
+            raise ConfigError(
+                f"{role}.checkpoint={checkpoint} holds a {node.arch} for {error.file_classes} classes, but the data "
+                f"set has {num_classes}: the class count differs. Fix: {role}.checkpoint=<a {node.arch} trained on "
+                "this data set>"
+            ) from error
         except (RuntimeError, ValueError, KeyError) as error:
             raise ConfigError(
                 f"{role}.checkpoint={checkpoint} does not fit {role}.arch={node.arch} with {num_classes} classes:\n"

@@ -161,9 +161,9 @@ def evaluate_networks(
 
 
 def _default_regions(run: Run | None) -> tuple[tuple[int, ...], str]:
-    distill = run.config.get("distill", {}) if run is not None else {}
-    scales = distill.get("sd_scales") or DEFAULT_SCALES
-    return tuple(scales), distill.get("pooling", "exact")
+    config = run.config if run is not None else {}
+    scales = (config.get("pair_settings") or {}).get("sd_scales") or DEFAULT_SCALES
+    return tuple(scales), (config.get("distill") or {}).get("pooling", "exact")
 
 
 def evaluate_checkpoint(

@@ -68,7 +68,7 @@ def _data_name(target: str) -> str:
 
 
 def _default_name(spec: NetworkSpec, data_target: str, run: Run | None, dtype: str) -> str:
-    method = run.config.distill.method if run is not None else None
+    method = run.config.get("method") if run is not None else None
     parts = [spec.arch.replace(":", "_"), _data_name(data_target), *([method] if method not in (None, "none") else [])]
     return "-".join(parts) + ("-fp16" if dtype == "fp16" else "")
 
@@ -191,7 +191,7 @@ def export_student(
         "accuracy": accuracy,
         "teacher": teacher,
         "method": (
-            {"name": run.config.distill.method, "settings": OmegaConf.to_container(run.config.distill, resolve=True)}
+            {"name": run.config.get("method"), "settings": OmegaConf.to_container(run.config.distill, resolve=True)}
             if run is not None
             else None
         ),

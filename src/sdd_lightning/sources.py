@@ -91,7 +91,7 @@ class Run:
     @property
     def is_distillation(self) -> bool:
         """Whether the run had a teacher (its checkpoints then hold ``teacher.*`` too)."""
-        return self.config.get("distill", {}).get("method", "none") != "none"
+        return self.config.get("method", "none") != "none"
 
 
 def _read_run(run_dir: Path) -> Run:
