@@ -117,6 +117,7 @@ def draws(root, pipeline: str, padding: int, epochs: int = EPOCHS) -> list[list[
             seed=0,
             device_resident=pipeline == "device-resident",
             num_workers=2 if pipeline == "standard-workers" else 0,
+            persistent_workers=False,  # new workers every epoch: their seeds must still change
         )
         dm.setup("fit")
         assert torch.equal(dm.train_data[0], position_images(N))
@@ -169,22 +170,36 @@ def _params(decoded: dict[str, torch.Tensor]) -> torch.Tensor:
     return torch.stack([decoded["dy"], decoded["dx"], decoded["flipped"].long()], 1)
 
 
+def _repeated(before: torch.Tensor, after: torch.Tensor) -> float:
+    """Fraction of rows of two ``_params`` tables that are equal; 1 / 162 for independent draws."""
+    return (before == after).all(1).double().mean().item()
+
+
+def assert_fresh_draws(by_epoch: list[dict[str, torch.Tensor]]) -> None:
+    """Every epoch shows every image once with its own label, and does not replay the previous epoch's draws.
+
+    Checked per image (the same image cropped and flipped alike again) and per position in the epoch (the
+    random stream restarted, whatever the new order).
+    """
+    for epoch in by_epoch:
+        assert torch.equal(epoch["index"].sort().values, torch.arange(N))  # every image once per epoch
+        assert torch.equal(epoch["label"], epoch["true_label"])  # each image keeps its own label
+    for epoch in range(1, len(by_epoch)):
+        before, after = by_epoch[epoch - 1], by_epoch[epoch]
+        per_image = _repeated(_params(before)[before["index"].argsort()], _params(after)[after["index"].argsort()])
+        per_position = _repeated(_params(before), _params(after))
+        assert per_image < 0.1, f"epoch {epoch} repeats epoch {epoch - 1}'s crop and flip for {per_image:.0%} of images"
+        assert per_position < 0.1, f"epoch {epoch} replays epoch {epoch - 1}'s random draws ({per_position:.0%})"
+
+
 @pytest.mark.parametrize("pipeline", [*PIPELINES, "standard-workers"])
 def test_consecutive_epochs_draw_new_augmentations_with_the_same_labels(cifar_root, pipeline):
     epochs = draws(cifar_root, pipeline, padding=4, epochs=EPOCHS if pipeline in PIPELINES else 3)
     # consecutive batches (with workers: from different worker processes) do not replay one random stream
     for batches in epochs:
         for before, after in itertools.pairwise(batches):
-            assert (_params(before) == _params(after)).all(1).double().mean() < 0.2
-    by_epoch = [_cat(batches) for batches in epochs]
-    for epoch in by_epoch:
-        assert torch.equal(epoch["index"].sort().values, torch.arange(N))  # every image once per epoch
-        assert torch.equal(epoch["label"], epoch["true_label"])  # each image keeps its own label
-    params = [_params(e)[e["index"].argsort()] for e in by_epoch]
-    for epoch in range(1, len(params)):
-        repeated = (params[epoch] == params[epoch - 1]).all(1).double().mean().item()
-        # a fresh draw repeats the previous epoch's crop and flip for 1 / 162 of the images
-        assert repeated < 0.1, f"epoch {epoch} repeats the augmentation of epoch {epoch - 1} for {repeated:.0%}"
+            assert _repeated(_params(before), _params(after)) < 0.2
+    assert_fresh_draws([_cat(batches) for batches in epochs])
 
 
 class _Recorder(L.LightningModule):
@@ -217,11 +232,9 @@ def test_device_resident_epochs_differ_under_the_lightning_trainer(cifar_root):
         enable_progress_bar=False,
         enable_model_summary=False,
     ).fit(model, datamodule=dm)
-    params = []
-    for epoch in range(3):
-        seen = _cat([_with_labels(decode(x, 4), y, dm.train_data[1]) for e, x, y in model.batches if e == epoch])
-        assert torch.equal(seen["index"].sort().values, torch.arange(N))
-        assert torch.equal(seen["label"], seen["true_label"])
-        params.append(_params(seen)[seen["index"].argsort()])
-    for epoch in (1, 2):
-        assert (params[epoch] == params[epoch - 1]).all(1).double().mean() < 0.1
+    assert_fresh_draws(
+        [
+            _cat([_with_labels(decode(x, 4), y, dm.train_data[1]) for e, x, y in model.batches if e == epoch])
+            for epoch in range(3)
+        ]
+    )
