@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from conftest import SmallNet
 
-from sdd_lightning.losses import scale_decoupled_loss
+from sdd_lightning.losses import BASE_LOSSES, sdd_loss
 from sdd_lightning.module import DistillationModule
 
 CLASSES = 10
@@ -67,15 +67,13 @@ def _number(value: torch.Tensor | float) -> float:
 
 
 def _training_step(module: DistillationModule, x, y) -> tuple[torch.Tensor, dict[str, float]]:
-    """One ``training_step`` in train mode: its loss and what it logs (``train/loss_ce``, ``train/loss_kd``, ...)."""
-    logged: dict[str, float] = {}
-    module.log = lambda name, value, *args, **kwargs: logged.__setitem__(name, value)  # what Lightning would log
-    try:
-        module.train()
-        loss = module.training_step((x, y), 0)
-    finally:
-        del module.log
-    return loss, {name: _number(value) for name, value in logged.items() if name != "train/acc1"}
+    """One ``training_step`` in train mode: its loss and what it adds to the epoch's logged means
+    (``train/loss_ce``, ``train/loss_kd``, ...; with one step, the means are that step's values)."""
+    module.on_train_epoch_start()  # a fresh epoch: the module's sums start empty
+    module.train()
+    loss = module.training_step((x, y), 0)
+    logged = module._train_sums.means()
+    return loss, {name: _number(value) for name, value in logged.items() if value.dim() == 0}
 
 
 def _applied_distillation_weight(
@@ -97,7 +95,7 @@ WARMUP_20 = {0: 1 / 20, 1: 2 / 20, 18: 19 / 20, 19: 1.0, 20: 1.0, 150: 1.0}
 
 @pytest.mark.parametrize("base", ["kd", "dkd", "nkd"])
 def test_distillation_weight_during_a_20_epoch_warmup(base):
-    module = _distiller(scales=(1, 2, 4), base=base, warmup_epochs=20, kd_weight=2.0, ce_weight=0.5)
+    module = _distiller(scales=(1, 2, 4), loss=BASE_LOSSES[base](), warmup_epochs=20, kd_weight=2.0, ce_weight=0.5)
     x, y = _batch()
     trainer = _bare_trainer()
     for epoch, factor in WARMUP_20.items():
@@ -117,12 +115,13 @@ def test_no_warmup_means_the_full_weight_from_the_first_epoch():
 
 
 class _RecordingDistiller(DistillationModule):
-    """Keeps, per epoch, the loss and its parts that the training steps log."""
+    """Keeps, per epoch, the loss and its parts that the module logs at the epoch's end (one step per epoch)."""
 
-    def log(self, name, value, *args, **kwargs):
-        if name in ("train/loss", "train/loss_ce", "train/loss_kd"):
-            self.logged.setdefault(self.current_epoch, {})[name] = _number(value)
-        super().log(name, value, *args, **kwargs)
+    def log_dict(self, dictionary, *args, **kwargs):
+        for name in ("train/loss", "train/loss_ce", "train/loss_kd"):
+            if name in dictionary:
+                self.logged.setdefault(self.current_epoch, {})[name] = _number(dictionary[name])
+        super().log_dict(dictionary, *args, **kwargs)
 
 
 def test_warmup_follows_lightnings_epochs_in_a_fit(tmp_path):
@@ -181,13 +180,16 @@ SETTINGS = {
 @pytest.mark.parametrize("base", list(SETTINGS))
 def test_every_loss_setting_reaches_the_loss(base, consistency):
     """The step's loss is ``ce_weight * CE + kd_weight * L_SDD``, L_SDD with all of the constructor's settings."""
-    settings = {"complementary_weight": 3.0, "consistent_weight": 0.5, "consistency": consistency} | SETTINGS[base]
-    module = _distiller(scales=(1, 2, 4), base=base, ce_weight=0.3, kd_weight=1.7, **settings)
+    region_settings = {"complementary_weight": 3.0, "consistent_weight": 0.5, "consistency": consistency}
+    settings = region_settings | SETTINGS[base]
+    module = _distiller(
+        scales=(1, 2, 4), loss=BASE_LOSSES[base](**SETTINGS[base]), ce_weight=0.3, kd_weight=1.7, **region_settings
+    )
     x, y = _batch(n=16)
     loss, logged = _training_step(module, x, y)
     assert 0 < logged["train/complementary_fraction"] < 1  # both region weights are in play
     student_local, teacher_local = _local_logits(module, x)
-    expected = scale_decoupled_loss(student_local, teacher_local, y, base=base, **settings).loss
+    expected = sdd_loss(student_local, teacher_local, y, base=base, **settings)
     assert logged["train/loss_kd"] == pytest.approx(expected.item(), rel=1e-5)
     ce = F.cross_entropy(module.student(x), y)
     torch.testing.assert_close(loss, 0.3 * ce + 1.7 * expected)
@@ -195,7 +197,5 @@ def test_every_loss_setting_reaches_the_loss(base, consistency):
     for name, value in settings.items():
         if name == "consistency":
             continue
-        changed = scale_decoupled_loss(
-            student_local, teacher_local, y, base=base, **(settings | {name: value * 1.5})
-        ).loss
+        changed = sdd_loss(student_local, teacher_local, y, base=base, **(settings | {name: value * 1.5}))
         assert not torch.allclose(changed, expected, rtol=1e-4), name
