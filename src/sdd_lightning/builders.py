@@ -24,6 +24,8 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from sdd_lightning.catalog import published_top1
+from sdd_lightning.model_card import find_model_card
 from sdd_lightning.models import (
     ClassCountMismatchError,
     UnreadableCheckpointError,
@@ -244,8 +246,37 @@ def build_module(cfg: DictConfig, num_classes: int) -> ClassificationModule:
         student=student,
         teacher=teacher,
         fold_teacher_bn=bool(cfg.runtime.fold_teacher_bn),
+        teacher_expected_acc1=expected_teacher_acc1(cfg) if cfg.teacher.get("check", True) else None,
+        teacher_acc1_margin=cfg.teacher.get("acc1_margin", 0.01),
         **common,
     )
+
+
+# data module class -> the data set's name in conf/published.yaml
+_DATA_NAMES = {"Cifar100DataModule": "cifar100", "Cub200DataModule": "cub200", "ImageNetDataModule": "imagenet"}
+
+
+def expected_teacher_acc1(cfg: DictConfig) -> float | None:
+    """The top-1 (fraction) the teacher is known to have, or ``None`` when nothing is known.
+
+    In order: ``teacher.expected_acc1``; the model card beside ``teacher.checkpoint`` (an ``sdd-export`` file,
+    accuracy measured by ``sdd-eval``); the published accuracy of a CRD / mdistiller teacher file
+    (``<arch>_vanilla/ckpt_epoch_240.pth``, ``conf/published.yaml``'s ``<data>/teacher_<arch>``).
+    """
+    if cfg.teacher.get("expected_acc1") is not None:
+        return float(cfg.teacher.expected_acc1)
+    checkpoint = cfg.teacher.get("checkpoint")
+    if checkpoint is None:
+        return None
+    card = find_model_card(checkpoint)
+    if card and (card.get("accuracy") or {}).get("acc1") is not None:
+        return float(card["accuracy"]["acc1"])
+    path = Path(checkpoint)
+    data = _DATA_NAMES.get(str(cfg.data._target_).rsplit(".", 1)[-1])
+    if data and path.name == "ckpt_epoch_240.pth" and path.parent.name == f"{cfg.teacher.arch}_vanilla":
+        top1 = published_top1(f"{data}/teacher_{cfg.teacher.arch}")
+        return None if top1 is None else top1 / 100
+    return None
 
 
 def _instantiate_group(path: str, node: Mapping | None) -> list[Any]:

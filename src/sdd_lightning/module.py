@@ -31,7 +31,7 @@ from sdd_lightning.losses import Consistency, KDLoss, PerSampleLoss, ScaleDecoup
 from sdd_lightning.models.fold_bn import fold_batchnorm
 from sdd_lightning.models.interface import get_classifier
 
-__all__ = ["ClassificationModule", "DistillationModule", "warmup_factor"]
+__all__ = ["ClassificationModule", "DistillationModule", "TeacherCheckError", "warmup_factor"]
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]
@@ -58,6 +58,10 @@ def _check_number(name: str, value: Any, *, minimum: float = 0.0) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < minimum:
         raise ValueError(f"{name} must be a finite number >= {minimum:g}, got {value!r}")
     return float(value)
+
+
+class TeacherCheckError(ValueError):
+    """The teacher scored below the accuracy expected of it before training started."""
 
 
 class _EpochSums:
@@ -241,6 +245,11 @@ class DistillationModule(ClassificationModule):
             construction (exact in eval mode; a faster teacher forward). The teacher's state_dict keys then
             change (BatchNorm entries gone, convolution biases added); the module's own checkpoints save and
             resume as long as it is rebuilt with the same setting.
+        teacher_expected_acc1: the teacher's known top-1 (a fraction), e.g. from its model card or the published
+            table; before the first training step the teacher is measured on the validation data, and a teacher
+            more than ``teacher_acc1_margin`` below this refuses to start (:class:`TeacherCheckError`). ``None``:
+            measured and logged, not compared.
+        teacher_acc1_margin: how far below ``teacher_expected_acc1`` the measured top-1 may be (a fraction).
     """
 
     def __init__(
@@ -262,6 +271,8 @@ class DistillationModule(ClassificationModule):
         channels_last: bool = False,
         fold_teacher_bn: bool = False,
         compile: bool = False,
+        teacher_expected_acc1: float | None = None,
+        teacher_acc1_margin: float = 0.01,
     ) -> None:
         super().__init__(student, num_classes, optimizer, scheduler, channels_last, compile=False)
         self.head = ScaleDecoupledHead(scales, pooling)
@@ -287,9 +298,14 @@ class DistillationModule(ClassificationModule):
         if compile:
             for network in (self.model, self.teacher):
                 _compile_forward(network, ("forward_features",))
-        self.teacher_val_acc1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
-        # -1 until measured; a buffer so that it survives checkpoints and resumes.
+        if teacher_expected_acc1 is not None:
+            teacher_expected_acc1 = _check_number("teacher_expected_acc1", teacher_expected_acc1)
+        self.teacher_expected_acc1 = teacher_expected_acc1
+        self.teacher_acc1_margin = _check_number("teacher_acc1_margin", teacher_acc1_margin)
+        # -1 until measured (before the first training step); buffers, so that they survive checkpoints and resumes.
         self.register_buffer("teacher_acc1", torch.tensor(-1.0))
+        self.register_buffer("teacher_local_acc1", torch.full((len(self.head.scales),), -1.0))
+        self._val_sums = _EpochSums()
 
     @property
     def student(self) -> nn.Module:
@@ -372,17 +388,74 @@ class DistillationModule(ClassificationModule):
                 means[f"train/complementary_fraction_scale{side}"] = complementary[i] / (side * side)
         self.log_dict(means, sync_dist=True)
 
-    # -- validation: the student as usual, and the teacher once -----------------------------------
+    # -- the teacher, measured once before the first training step -------------------------------
+    def on_train_start(self) -> None:
+        loaders = self.trainer.val_dataloaders
+        if bool(self.teacher_acc1 >= 0) or not loaders:  # measured already (a resumed run), or nothing to measure on
+            return
+        self.measure_teacher(loaders if isinstance(loaders, list | tuple) else [loaders])
+        self.check_teacher()
+
+    @torch.no_grad()
+    def measure_teacher(self, loaders: Sequence[Iterable]) -> None:
+        """The teacher's top-1 and per-scale local top-1 on ``loaders``, into ``teacher_acc1`` / ``teacher_local_acc1``.
+
+        Under DDP each process sees its shard of the validation data; the counts are summed over processes.
+        """
+        correct = torch.zeros(1 + len(self.head.scales), device=self.device, dtype=torch.float64)
+        total = torch.zeros_like(correct)
+        for loader in loaders:
+            for batch in loader:
+                x, y = self.trainer.strategy.batch_to_device(batch) if self._trainer else batch
+                global_logits, local = self.teacher_logits(self._prepare(x))
+                correct[0] += (global_logits.argmax(-1) == y).sum()
+                total[0] += y.numel()
+                correct[1:] += self._per_scale((local.argmax(-1) == y[:, None]).sum(0).to(correct.dtype))
+                total[1:] += y.numel() * self._regions_per_scale.to(correct.dtype)
+        if self._trainer is not None:
+            correct, total = (
+                self.trainer.strategy.reduce(correct, reduce_op="sum"),
+                self.trainer.strategy.reduce(total, reduce_op="sum"),
+            )
+        accuracy = (correct / total.clamp(min=1)).float()
+        self.teacher_acc1.fill_(accuracy[0])
+        self.teacher_local_acc1.copy_(accuracy[1:])
+
+    def check_teacher(self) -> None:
+        """Refuses a teacher that scores more than ``teacher_acc1_margin`` below ``teacher_expected_acc1``."""
+        if self.teacher_expected_acc1 is None:
+            return
+        measured = float(self.teacher_acc1)
+        if measured < self.teacher_expected_acc1 - self.teacher_acc1_margin:
+            # not kept: a rerun (e.g. resuming in the same folder) measures and checks the teacher again
+            self.teacher_acc1.fill_(-1.0)
+            self.teacher_local_acc1.fill_(-1.0)
+            raise TeacherCheckError(
+                f"the teacher scores {100 * measured:.2f}% top-1 on the validation data before training, but "
+                f"{100 * self.teacher_expected_acc1:.2f}% is expected of it (allowed margin "
+                f"{100 * self.teacher_acc1_margin:.2f} points): check teacher.checkpoint and teacher.arch, and that "
+                "the data is the one it was trained on. If you mean to distil from it anyway: teacher.check=false"
+            )
+
+    @property
+    def _regions_per_scale(self) -> torch.Tensor:
+        return torch.tensor([s * s for s in self.head.scales], device=self.region_scale.device)
+
+    def _per_scale(self, per_region: torch.Tensor) -> torch.Tensor:
+        """``(R,)`` -> ``(S,)``: sums over the regions of each scale."""
+        return per_region.new_zeros(len(self.head.scales)).index_add(0, self.region_scale, per_region)
+
+    # -- validation: the student's global and local predictions ----------------------------------
     def on_validation_epoch_start(self) -> None:
-        # Decided once per epoch: one host read of the buffer per epoch, none per step.
-        self._measure_teacher_now = not self.trainer.sanity_checking and bool(self.teacher_acc1 < 0)
+        self._val_sums.reset()
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch
-        x = self._prepare(x)
-        if getattr(self, "_measure_teacher_now", False):
-            self.teacher_val_acc1(self.teacher_logits(x)[0], y)
-        self._log_val(self.evaluation_logits(x), y)
+        feature_map, classifier = self.student_features(self._prepare(x))
+        global_logits, local = self.head.logits(feature_map, classifier)
+        self._log_val(global_logits, y)
+        correct = self._per_scale((local.argmax(-1) == y[:, None]).sum(0).to(torch.float32))
+        self._val_sums.add("val/local_acc1", correct, y.numel() * self._regions_per_scale)
 
     def evaluation_logits(self, x: torch.Tensor) -> torch.Tensor:
         feature_map, classifier = self.student_features(self._prepare(x))
@@ -392,11 +465,16 @@ class DistillationModule(ClassificationModule):
         super().on_validation_epoch_end()
         if self.trainer.sanity_checking:
             return
-        if self._measure_teacher_now:
-            self.teacher_acc1.fill_(self.teacher_val_acc1.compute())
-            self.teacher_val_acc1.reset()
-            self._measure_teacher_now = False
-        self.log("teacher/acc1", self.teacher_acc1)
+        metrics = {}
+        if "val/local_acc1" in self._val_sums.sums:
+            local = self._val_sums.means()["val/local_acc1"]
+            metrics |= {f"val/local_acc1_scale{side}": local[i] for i, side in enumerate(self.head.scales)}
+        if bool(self.teacher_acc1 >= 0):
+            metrics["teacher/acc1"] = self.teacher_acc1
+            metrics |= {
+                f"teacher/local_acc1_scale{side}": self.teacher_local_acc1[i] for i, side in enumerate(self.head.scales)
+            }
+        self.log_dict(metrics, sync_dist=True)
 
 
 def _describe(loss: Callable[..., torch.Tensor]) -> dict[str, Any]:

@@ -34,6 +34,7 @@ from sdd_lightning.builders import (
 )
 from sdd_lightning.catalog import CONF_DIR, PUBLISHED_METRIC, published_top1, setting_name
 from sdd_lightning.checkpointing import AtomicCheckpointIO, RNGStateCallback, graceful_interrupts
+from sdd_lightning.module import TeacherCheckError
 from sdd_lightning.provenance import device_name, git_commit, versions
 
 __all__ = ["main", "train"]
@@ -174,6 +175,9 @@ def main(cfg: DictConfig) -> float | None:
         results = train(cfg)
     except ConfigError as error:
         print(f"sdd-train: configuration error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except TeacherCheckError as error:
+        print(f"sdd-train: teacher check failed: {error}", file=sys.stderr)
         raise SystemExit(2) from None
     return results["val/acc1_best"]
 
