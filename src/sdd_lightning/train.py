@@ -20,6 +20,7 @@ import hydra
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.callbacks import ProgressBar
+from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
@@ -131,6 +132,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "git_commit": git_commit(),
     }
     _write_results(results, run_dir, trainer)
+    _finish_wandb(trainer)
     if status == "interrupted":
         raise SIGTERMException(f"training stopped by a signal; resume with ckpt_path={run_dir}/checkpoints/last.ckpt")
     return results
@@ -146,6 +148,13 @@ def _write_results(results: dict[str, Any], run_dir: Path, trainer: L.Trainer) -
         tmp = run_dir / f".{RESULTS_FILE}.tmp"
         tmp.write_text(json.dumps(results, indent=2))
         tmp.replace(run_dir / RESULTS_FILE)
+
+
+def _finish_wandb(trainer: L.Trainer) -> None:
+    """Closes the run's W&B run, so that its files are complete now and the next job of a sweep gets its own."""
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger) and logger._experiment is not None:
+            logger.experiment.finish()
 
 
 def _measured(value: Any) -> float | None:
