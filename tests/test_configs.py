@@ -10,6 +10,7 @@ import torch
 from app_helpers import CONF_DIR, TINY, compose_config
 from omegaconf import OmegaConf
 
+from sdd_lightning import recipes
 from sdd_lightning.builders import build_datamodule, build_module, check_config, is_distillation
 from sdd_lightning.catalog import published, setting_overrides
 
@@ -66,15 +67,51 @@ def _buildable(setting_or_overrides: list[str], tmp_path):
     return cfg, datamodule, module
 
 
+def _recipe_table() -> dict[str, dict[str, str]]:
+    """docs/recipes.md's rows by setting (the table the fidelity review reads)."""
+    lines = [line for line in recipes.TABLE_PATH.read_text().splitlines() if line.startswith("| ")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    return {
+        row[0]: dict(zip(header, row, strict=True))
+        for row in ([c.strip() for c in line.strip("|").split("|")] for line in lines[1:])
+    }
+
+
+RECIPES = _recipe_table()
+
+
+def _value(text: str) -> float | None:
+    return None if text == "-" else float(text)
+
+
 @pytest.mark.parametrize("setting", SETTINGS)
-def test_every_published_setting_builds_its_module_and_data(setting, tmp_path):
+def test_every_published_setting_builds_the_values_of_the_recipe_table(setting, tmp_path):
+    """The built objects, not the config, hold each value docs/recipes.md promises for the setting."""
     cfg, datamodule, module = _buildable(setting_overrides(setting), tmp_path)
     expected_classes = {"cifar100": 100, "cub200": 200, "imagenet": 1000}
     assert datamodule.num_classes == expected_classes[setting.split("/")[0]]
-    if is_distillation(cfg):
-        assert tuple(module.head.scales) == tuple(cfg.distill.scales)
-    else:
-        assert not hasattr(module, "teacher")
+    row = RECIPES[setting]
+    assert datamodule.batch_size == int(row["batch"].split(" x ")[0])
+    optimizer = module.optimizer_factory([torch.nn.Parameter(torch.zeros(1))])
+    assert optimizer.defaults["lr"] == float(row["LR"]) and optimizer.defaults["weight_decay"] == float(row["WD"])
+    if not is_distillation(cfg):
+        assert not hasattr(module, "teacher") and row["method"] == "none"
+        return
+    loss = module.distillation_loss
+    settings = loss.base.settings()
+    assert (module.ce_weight, module.kd_weight, module.warmup_epochs) == (
+        float(row["CE"]),
+        float(row["KD"]),
+        float(row["warm-up"]),
+    )
+    assert settings.get("temperature") == _value(row["T"])
+    alpha_beta = [_value(v) for v in row["DKD α/β"].split(" / ")] if row["DKD α/β"] != "-" else [None, None]
+    assert [settings.get("alpha"), settings.get("beta")] == alpha_beta
+    assert settings.get("gamma") == _value(row["NKD γ"])
+    assert "{" + ", ".join(map(str, module.head.scales)) + "}" == row["M"]
+    if len(module.head.scales) > 1:
+        assert loss.complementary_weight == float(row["β"])
+        assert (loss.consistency.value, module.head.pooling.value) == (row["consistency"], row["pooling"])
 
 
 @pytest.mark.parametrize("experiment", [e for e in EXPERIMENTS if e.startswith("quickstart/")])
