@@ -6,7 +6,7 @@ import os
 
 import pytest
 import torch
-from app_helpers import TINY, compose_config
+from app_helpers import TINY, compose_config, run_app
 
 from sdd_lightning.builders import ConfigError
 from sdd_lightning.models import build_model
@@ -90,3 +90,18 @@ def test_a_teacher_for_another_class_count_says_the_class_count_differs(tmp_path
     torch.save(build_model("small_cnn", 10).state_dict(), path)
     message = _refused(["distill=kd", "teacher.arch=small_cnn", f"teacher.checkpoint={path}"], tmp_path / "run")
     assert "class count differs" in message and "10 classes" in message
+
+
+@pytest.mark.parametrize(
+    ("override", "suggested"),
+    [
+        ("pair=cifar100/res32x4_shv", "'cifar100/res32x4_shv1'"),
+        ("experiment=cifar100/teacher_resnet32", "'cifar100/teacher_resnet32x4'"),
+        ("distill=kd,sdkd", "'sd_kd'"),
+    ],
+)
+def test_an_unknown_setting_name_suggests_the_close_ones(override, suggested):
+    result = run_app([override])
+    assert result.returncode == 2
+    assert "Did you mean" in result.stderr and suggested in result.stderr
+    assert "Traceback" not in result.stderr

@@ -12,6 +12,7 @@ number of its setting into ``results.json``, and ``sdd-summary`` and ``docs/reci
 
 from __future__ import annotations
 
+import difflib
 import functools
 from collections.abc import Mapping
 from pathlib import Path
@@ -23,12 +24,14 @@ from omegaconf import DictConfig
 
 __all__ = [
     "CONF_DIR",
+    "GROUPS",
     "PUBLISHED_METRIC",
     "compose_setting",
     "published",
     "published_top1",
     "setting_name",
     "setting_overrides",
+    "unknown_group_option",
 ]
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
@@ -79,3 +82,35 @@ def compose_setting(name: str, conf_dir: Path = CONF_DIR, extra: list[str] | Non
     GlobalHydra.instance().clear()
     with initialize_config_dir(str(conf_dir), version_base="1.3"):
         return compose("train", overrides=[*setting_overrides(name, conf_dir), *(extra or [])])
+
+
+GROUPS = ("experiment", "pair", "distill", "loss", "data", "trainer", "optimizer", "scheduler", "callbacks", "logger")
+"""The config groups whose options a command line names (``pair=cifar100/res32x4_shv1``)."""
+
+
+def group_options(group: str, conf_dir: Path = CONF_DIR) -> list[str]:
+    """The options of a config group: its YAML files, relative to the group folder, without ``.yaml``."""
+    root = conf_dir / group
+    return sorted(str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml"))
+
+
+def unknown_group_option(overrides: list[str], conf_dir: Path = CONF_DIR) -> str | None:
+    """A message for the first override that names a config group option that does not exist, else ``None``.
+
+    Hydra's own message lists every option; this one names the closest ones, e.g. ``unknown pair
+    'cifar100/res32x4_shv' ... Did you mean 'cifar100/res32x4_shv1' or 'cifar100/res32x4_shv2'?``. Sweeps
+    (``distill=kd,sd_kd``) and lists (``logger=[csv,wandb]``) are checked value by value.
+    """
+    for override in overrides:
+        key, sep, value = override.lstrip("+").partition("=")
+        if not sep or key not in GROUPS or value in ("", "null"):
+            continue
+        known = group_options(key, conf_dir)
+        for option in value.strip("[]").split(","):
+            option = option.strip()
+            if option and option not in known:
+                close = difflib.get_close_matches(option, known, n=3, cutoff=0.5)
+                hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+                listing = ", ".join(known) if len(known) <= 12 else f"{len(known)} options under conf/{key}/"
+                return f"unknown {key} {option!r}.{hint} Known: {listing}"
+    return None

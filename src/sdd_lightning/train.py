@@ -33,12 +33,12 @@ from sdd_lightning.builders import (
     check_config,
     is_distillation,
 )
-from sdd_lightning.catalog import CONF_DIR, PUBLISHED_METRIC, published_top1, setting_name
+from sdd_lightning.catalog import CONF_DIR, PUBLISHED_METRIC, published_top1, setting_name, unknown_group_option
 from sdd_lightning.checkpointing import AtomicCheckpointIO, RNGStateCallback, graceful_interrupts
 from sdd_lightning.module import TeacherCheckError
 from sdd_lightning.provenance import device_name, git_commit, versions
 
-__all__ = ["main", "train"]
+__all__ = ["cli", "main", "train"]
 
 RESULTS_FILE = "results.json"
 
@@ -191,5 +191,20 @@ def main(cfg: DictConfig) -> float | None:
     return results["val/acc1_best"]
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """``sdd-train``: names the closest options of a mistyped group option, then runs the Hydra app.
+
+    (Hydra's own message for an unknown option lists every option; with a user's own ``hydra.searchpath`` the
+    options it adds are not known here, so the check is left to Hydra.)
+    """
+    args = sys.argv[1:]
+    if not any(arg.startswith(("hydra.searchpath", "+hydra.searchpath")) for arg in args):
+        message = unknown_group_option(args)
+        if message:
+            print(f"sdd-train: {message}", file=sys.stderr)
+            raise SystemExit(2)
     main()
+
+
+if __name__ == "__main__":
+    cli()
