@@ -22,7 +22,8 @@ class RegionMaps(L.Callback):
     The picture (see :func:`sdd_lightning.region_maps.draw_region_maps`) shows the teacher's global and local
     predictions on the grid of each scale, which regions are complementary, and whether the student's local
     predictions agree with the teacher's. It is logged as an image to W&B and TensorBoard when those loggers are
-    on, and otherwise written as ``<run>/region_maps/epoch<NNN>.png``. Only distillation runs are drawn; it needs
+    on, and otherwise written as ``<run>/region_maps/epoch<NNN>.png``. Only distillation runs with local scales
+    are drawn; it needs
     matplotlib (without it, one warning and nothing drawn).
 
     Args:
@@ -42,6 +43,8 @@ class RegionMaps(L.Callback):
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or not self.every_n_epochs or not isinstance(pl_module, DistillationModule):
+            return
+        if max(pl_module.head.scales) == 1:  # plain KD/DKD/NKD: no regions to draw
             return
         epoch = trainer.current_epoch + 1
         last = trainer.max_epochs is not None and epoch >= trainer.max_epochs
