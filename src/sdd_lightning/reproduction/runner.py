@@ -139,6 +139,8 @@ class LeaseRunner:
                 f"--work {self.work} is not empty: give a fresh folder (a run folder that exists "
                 "already would resume from its last.ckpt)"
             )
+        self.t0 = time.monotonic()
+        self.end = self.t0 + self.budget_s
         self.out.mkdir(parents=True, exist_ok=True)
         self.work.mkdir(parents=True, exist_ok=True)
         self.device = device_key()
@@ -197,16 +199,20 @@ class LeaseRunner:
                 return teacher
             plan = stage_plan(self.ledger, stage)
             reserve = plan["pack_s"] + (plan["export_s"] if stage["export"] else 0)
+            fixed = stage["epochs"] or self.record["stages"].get(stage["id"], {}).get("epochs")
+            capacity = self.budget_s - reserve
+            room = plan["min_start_fraction"] * capacity
+            if not self._known(stage) and fixed is None and self.end - reserve - time.monotonic() < room:
+                return f"stage {stage['id']} is not probed: a new stage needs about {room:.0f} s left to start"
             measurements = self._measurements(stage, plan, reserve)
             if isinstance(measurements, str):
                 return measurements
-            fixed = stage["epochs"] or self.record["stages"].get(stage["id"], {}).get("epochs")
             wave = decide_wave(
                 fixed_epochs=fixed,
                 pending=len(self._pending(stage)),
                 measurements=measurements,
                 remaining_s=self.end - reserve - time.monotonic(),
-                capacity_s=self.budget_s - reserve,
+                capacity_s=capacity,
                 plan=plan,
             )
             if not wave.runs:
@@ -275,11 +281,13 @@ class LeaseRunner:
 
     # ----------------------------------------------------------------------------------------------- probe
 
+    def _known(self, stage: dict[str, Any]) -> dict[str, Any] | None:
+        """The stage's measurements on this device from this lease, else from the ledger, else ``None``."""
+        return self.record["measurements"].get(stage["id"]) or self._ledger_measurements(stage) or None
+
     def _measurements(self, stage: dict[str, Any], plan: dict[str, Any], reserve: float) -> dict[str, Any] | str:
-        """The stage's measurements on this device: from this lease, else the ledger, else a probe now."""
-        known = self.record["measurements"].get(stage["id"]) or self.ledger["measurements"].get(self.device, {}).get(
-            stage["id"]
-        )
+        """The stage's measurements on this device: known ones, else a probe's now (or why it failed)."""
+        known = self._known(stage)
         if known:
             return known
         probe = plan["probe"]
