@@ -375,3 +375,12 @@ def test_merge_refuses_damaged_weights_and_changes_nothing(tmp_path):
     with pytest.raises(LedgerError, match="damaged on the way"):
         merge_lease(path, back, tmp_path, tmp_path / "docs" / "reproduction.md")
     assert path.read_text() == before and not (tmp_path / TEACHER_WEIGHTS).exists()
+
+
+def test_status_names_what_the_next_lease_runs(tmp_path):
+    known = {"1": {"k": 1, "epoch_s": 1.0, "startup_s": 10.0, "tail_s": 5.0, "source": "probe"}}
+    tiny_ledger(tmp_path, {"NVIDIA H200": {"teacher": known}})
+    shown = gpu_lease(tmp_path, "status", "--budget-s", "150").stdout
+    assert "next: stage teacher (tiny_cnn teacher), 1 run(s) pending" in shown
+    # 150 s less pack_s and export_s leave 115 s: 10 s start-up, 5 s tail, 2 epochs of 1.1 s
+    assert "on NVIDIA H200, with --budget-s 150: 1 run(s) at once, 2 epochs, about 17 s" in shown
