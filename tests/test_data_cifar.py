@@ -12,7 +12,7 @@ import pytest
 import torch
 from fixtures_data import cifar_split_dict, write_cifar100, write_pickle
 from torch import nn
-from torch.utils.data import DataLoader, RandomSampler, SequentialSampler
+from torch.utils.data import DataLoader, DistributedSampler, SequentialSampler
 from torchvision.datasets import utils as tv_utils
 
 from sdd_lightning.data import Cifar100DataModule, DatasetError, DeviceResidentLoader, random_crop_flip
@@ -56,8 +56,10 @@ def test_sizes_labels_and_class_names(cifar_root, subfolder):
 def test_batches_and_loaders(cifar_root):
     dm = make(cifar_root, eval_batch_size=40)
     train, val, test = dm.train_dataloader(), dm.val_dataloader(), dm.test_dataloader()
-    # plain samplers, so that Lightning can swap in its DistributedSampler under DDP
-    assert isinstance(train, DataLoader) and isinstance(train.sampler, RandomSampler)
+    # training: a DistributedSampler for this rank, which Lightning keeps under DDP; evaluation: plain order,
+    # which Lightning shards under DDP
+    assert isinstance(train, DataLoader) and isinstance(train.sampler, DistributedSampler)
+    assert (train.sampler.rank, train.sampler.num_replicas, len(train)) == (0, 1, 13)
     assert isinstance(val.sampler, SequentialSampler) and isinstance(test.sampler, SequentialSampler)
     x, y = next(iter(train))
     assert x.shape == (16, 3, 32, 32) and x.dtype == torch.float32 and y.dtype == torch.int64
@@ -180,11 +182,11 @@ def test_device_resident_training_batches(cifar_root):
     # deterministic given seed and epoch; a new epoch draws a new order
     again = make(cifar_root, device_resident=True, seed=5).train_dataloader()
     assert torch.equal(next(iter(again))[0], x)
-    assert torch.equal(next(iter(loader))[0], x)  # iterating again without set_epoch repeats the epoch
-    loader.sampler.set_epoch(1)
-    assert not torch.equal(next(iter(loader))[1], y)
+    # a complete pass moves on to the next epoch (as the standard loader does); set_epoch chooses one
+    assert loader.sampler.epoch == 1 and not torch.equal(next(iter(loader))[1], y)
     loader.sampler.set_epoch(0)
     assert torch.equal(next(iter(loader))[0], x)
+    assert torch.equal(next(iter(loader))[0], x)  # a partial pass does not move on
 
 
 def test_device_resident_shards_are_disjoint():

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from fixtures_data import write_image_folder
-from torch.utils.data import RandomSampler, SequentialSampler
+from torch.utils.data import DistributedSampler, SequentialSampler
 
 from sdd_lightning.data import DatasetError, ImageNetDataModule
 
@@ -43,7 +43,7 @@ def test_splits_and_classes(imagenet_root):
 def test_batches_and_transforms(imagenet_root):
     dm = make(imagenet_root, eval_batch_size=6)
     train, val = dm.train_dataloader(), dm.val_dataloader()
-    assert isinstance(train.sampler, RandomSampler) and isinstance(val.sampler, SequentialSampler)
+    assert isinstance(train.sampler, DistributedSampler) and isinstance(val.sampler, SequentialSampler)
     x, y = next(iter(train))
     assert x.shape == (4, 3, 224, 224) and x.dtype == torch.float32 and y.dtype == torch.int64
     xv, yv = next(iter(val))

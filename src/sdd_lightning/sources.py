@@ -14,7 +14,6 @@ that names the input and the fix.
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 import json
 from collections.abc import Iterable, Mapping, Sequence
@@ -29,7 +28,6 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from torch import nn
-from torch.utils.data import DataLoader
 
 from sdd_lightning.data import DatasetError
 from sdd_lightning.model_card import find_model_card
@@ -313,8 +311,9 @@ def build_datamodule(config: DictConfig) -> Any:
 
 
 def split_loader(datamodule: Any, split: str) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
-    """Evaluation batches of ``split``: ``test`` and ``val`` are the data module's own loaders (one split today,
-    the paper's protocol), ``train`` is the training set with the evaluation transform (no augmentation)."""
+    """Evaluation batches of ``split``: ``test`` is the test split, ``val`` the validation set (the test split in
+    the paper's protocol, the held-out training images with ``data.val_split``), ``train`` the training images
+    (without the held-out ones) with the evaluation transform (no augmentation)."""
     if split not in SPLITS:
         raise EvalError(f"--split {split}: choose one of {', '.join(SPLITS)}")
     if split == "test":
@@ -324,9 +323,7 @@ def split_loader(datamodule: Any, split: str) -> Iterable[tuple[torch.Tensor, to
         datamodule.setup("validate")
         return datamodule.val_dataloader()
     datamodule.setup("fit")
-    train_set = copy.copy(datamodule.train_set)
-    train_set.transform = datamodule.val_set.transform
-    return DataLoader(train_set, batch_size=datamodule.eval_batch_size, num_workers=datamodule.num_workers)
+    return datamodule.train_eval_dataloader()
 
 
 # ------------------------------------------------------------------------------------ command-line parts

@@ -133,7 +133,8 @@ class Cifar100DataModule(InMemoryImageDataModule):
     folder that contains ``cifar-100-python/`` or that folder itself. Any correct copy loads: the md5
     sum is checked only on an archive this module downloads. Training uses the official augmentation
     (random crop 32 with padding 4, horizontal flip), evaluation only normalisation, both with the
-    CIFAR-100 mean and standard deviation. The test split is the validation set.
+    CIFAR-100 mean and standard deviation. The test split is the validation set unless ``val_split`` holds
+    one out of the training split (e.g. ``val_split=5000``: 50 images per class).
 
     Two training pipelines give batches of the same form: the standard ``DataLoader`` with
     ``num_workers`` workers, and ``device_resident=True``, which holds the whole ``uint8`` set (150 MB)
@@ -147,8 +148,8 @@ class Cifar100DataModule(InMemoryImageDataModule):
         padding: Padding of the random crop.
         **loader_options: The loader settings of :class:`~sdd_lightning.data.base.ClassificationDataModule`
             (``batch_size`` per device, ``eval_batch_size``, ``num_workers``, ``pin_memory``, ``seed``,
-            ``drop_last``, ``persistent_workers``, and ``download``: fetch and extract the official archive,
-            161 MB, md5-checked, in ``prepare_data`` when the files are not there yet).
+            ``drop_last``, ``persistent_workers``, ``val_split``, ``val_split_seed``, and ``download``: fetch and
+            extract the official archive, 161 MB, md5-checked, in ``prepare_data`` when the files are not there yet).
     """
 
     num_classes = _NUM_CLASSES

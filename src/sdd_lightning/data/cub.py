@@ -124,8 +124,9 @@ class Cub200DataModule(ImageFileDataModule):
     Reads the official archive's layout ``CUB_200_2011/{images/, images.txt, image_class_labels.txt,
     train_test_split.txt, classes.txt}``; ``root`` may be the folder that contains ``CUB_200_2011/``
     or that folder itself. The split is the official one from ``train_test_split.txt``; the test split
-    is the validation set. Training: resize to ``256 x 256``, random 224 crop, horizontal flip;
-    evaluation: resize to ``256 x 256``, centre crop 224; ImageNet mean and standard deviation.
+    is the validation set unless ``val_split`` holds one out of training. Training: resize to
+    ``256 x 256``, random 224 crop, horizontal flip; evaluation: resize to ``256 x 256``, centre crop 224;
+    ImageNet mean and standard deviation.
 
     Args:
         root: Where the data set is (or goes, with ``download``).
@@ -135,7 +136,8 @@ class Cub200DataModule(ImageFileDataModule):
             :class:`~sdd_lightning.data.base.ClassificationDataModule`: ``batch_size`` per device (64 in the
             official recipe), ``eval_batch_size``, ``num_workers``, ``pin_memory``, ``seed``, ``drop_last`` (the
             official training loader drops the last batch; the CUB config sets it), ``persistent_workers``,
-            ``download`` (fetch the official archive, 1.1 GB, md5-checked, when the files are not there).
+            ``download`` (fetch the official archive, 1.1 GB, md5-checked, when the files are not there),
+            ``val_split`` and ``val_split_seed`` (a validation set held out of training).
     """
 
     location = CUB200_LOCATION
@@ -145,14 +147,17 @@ class Cub200DataModule(ImageFileDataModule):
         self.index: CubIndex | None = None
 
     def setup(self, stage: str | None = None) -> None:
-        """Read and check the metadata (once) and build the splits the stage needs."""
+        """Read and check the metadata (once), then build the splits the stage needs."""
         if self.index is None:
             self.index = read_cub200_index(self._folder(), self.num_classes)
             self.class_names = self.index.class_names
-        if stage in (None, "fit") and self.train_set is None:
-            transform = cub_train_transform(self.crop_size, self.resize_size)
-            self.train_set = ImageListDataset(*self.index.split(train=True), transform)
-        if self.val_set is None:
-            self.val_set = ImageListDataset(
-                *self.index.split(train=False), cub_eval_transform(self.crop_size, self.resize_size)
-            )
+        super().setup(stage)
+
+    def _image_split(self, train: bool, transform: Any) -> ImageListDataset:
+        return ImageListDataset(*self.index.split(train=train), transform)
+
+    def _train_transform(self) -> Any:
+        return cub_train_transform(self.crop_size, self.resize_size)
+
+    def _eval_transform(self) -> Any:
+        return cub_eval_transform(self.crop_size, self.resize_size)

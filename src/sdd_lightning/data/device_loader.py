@@ -7,12 +7,12 @@ device once; each batch is an index gather followed by the batched crop/flip and
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
-from torch.utils.data import DistributedSampler
 
 from sdd_lightning.data.gpu_augment import normalize_batch, random_crop_flip
+from sdd_lightning.data.resumable import EpochSampler, ResumableEpochs
 from sdd_lightning.data.seeding import derive_seed
 
 __all__ = ["DeviceResidentLoader"]
@@ -20,16 +20,18 @@ __all__ = ["DeviceResidentLoader"]
 _AUGMENT_STREAM = 1  # purpose key of the augmentation generator in derive_seed
 
 
-class DeviceResidentLoader:
+class DeviceResidentLoader(ResumableEpochs):
     """Iterable of normalised ``(images float32 (B, 3, H, W), labels int64 (B,))`` batches on one device.
 
-    Each rank of a distributed run holds its own loader; the rank's share of every epoch is chosen by a
-    ``torch.utils.data.DistributedSampler`` (``sampler`` attribute), so the shards are disjoint (up to
-    the padding that makes them equal in length, as with Lightning's injected sampler) and the order is
-    a function of ``(seed, epoch)`` only. Lightning calls ``sampler.set_epoch`` before every epoch;
-    outside Lightning, call ``loader.sampler.set_epoch(epoch)`` as with any ``DistributedSampler``.
-    The crop/flip draws come from a generator on the device seeded by ``(seed, epoch, rank)``, so a
-    run is reproducible on a given device type.
+    Each rank of a distributed run holds its own loader; the rank's share of every epoch is chosen by an
+    :class:`~sdd_lightning.data.resumable.EpochSampler` (``sampler`` attribute, a ``DistributedSampler``),
+    so the shards are disjoint (up to the padding that makes them equal in length, as with Lightning's
+    injected sampler) and the order is a function of ``(seed, epoch)`` only. Lightning calls
+    ``sampler.set_epoch`` before every epoch; outside Lightning a complete pass moves to the next epoch,
+    and ``loader.sampler.set_epoch(epoch)`` chooses one. The crop/flip draws of batch ``b`` come from a
+    generator on the device seeded by ``(seed, epoch, rank, b)``, so a run is reproducible on a given device
+    type, and a run resumed at batch ``b`` (``state_dict`` / ``load_state_dict``, which Lightning saves in
+    the checkpoint) draws what an unbroken run draws.
 
     Args:
         images: The whole split, ``uint8`` ``(N, 3, H, W)``, on the CPU or already on ``device``.
@@ -37,8 +39,6 @@ class DeviceResidentLoader:
         batch_size: Images per batch on this device.
         mean: Per-channel mean for normalisation (of values in [0, 1]).
         std: Per-channel standard deviation for normalisation.
-        epoch_source: Called at every ``iter()`` for the epoch to use (the DataModule passes the trainer's
-            count); ``None`` or a ``None`` result means the sampler's epoch.
         shuffle: Draw a new order every epoch (training) or keep the stored order (evaluation).
         augment: Apply ``random_crop_flip`` with ``padding`` to every batch.
         padding: Padding of the random crop.
@@ -65,7 +65,6 @@ class DeviceResidentLoader:
         rank: int = 0,
         world_size: int = 1,
         device: torch.device | str | None = None,
-        epoch_source: Callable[[], int | None] | None = None,
     ) -> None:
         if images.ndim != 4 or images.dtype != torch.uint8:
             raise ValueError(f"images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
@@ -84,12 +83,10 @@ class DeviceResidentLoader:
         self.drop_last = drop_last
         self.seed = seed
         self.rank = rank
-        self.epoch_source = epoch_source
-        self.sampler = DistributedSampler(
-            range(images.shape[0]), num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed
-        )
+        self.sampler = EpochSampler(images.shape[0], num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed)
         self.batch_sampler = None  # read by Lightning's DataLoader checks, as on a DataLoader without one
         self._resident: tuple[torch.Tensor, ...] | None = None
+        self._reset_position()
 
     def __len__(self) -> int:
         """Batches per epoch on this rank."""
@@ -102,28 +99,15 @@ class DeviceResidentLoader:
             self._resident = tuple(t.to(self.device) for t in (self.images, self.labels, self.mean, self.std))
         return self._resident
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        # The epoch comes only from ``sampler.set_epoch`` (Lightning calls it before every epoch; a plain
-        # loop calls ``loader.sampler.set_epoch(e)``). Advancing it here would let Lightning's extra
-        # ``iter()`` at fit start shift every epoch's seed by one and repeat the first epoch's data.
-        epoch = self.epoch_source() if self.epoch_source is not None else None
-        if epoch is None:
-            epoch = self.sampler.epoch
-        else:
-            self.sampler.set_epoch(epoch)
-        order = torch.as_tensor(list(self.sampler), dtype=torch.long)
-        return self._batches(order, epoch)
-
-    def _batches(self, order: torch.Tensor, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def _batches(self, epoch: int, first: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         images, labels, mean, std = self._on_device()
-        order = order.to(self.device)
-        generator = None
-        if self.augment:
-            generator = torch.Generator(device=self.device)
-            generator.manual_seed(derive_seed(self.seed, epoch, self.rank, _AUGMENT_STREAM))
-        for batch in range(len(self)):
-            index = order[batch * self.batch_size : (batch + 1) * self.batch_size]
+        order = torch.as_tensor(list(self.sampler), dtype=torch.long).to(self.device)  # from batch `first` on
+        for batch in range(first, len(self)):
+            start = (batch - first) * self.batch_size
+            index = order[start : start + self.batch_size]
             x = images.index_select(0, index)
             if self.augment:
+                generator = torch.Generator(device=self.device)
+                generator.manual_seed(derive_seed(self.seed, epoch, self.rank, _AUGMENT_STREAM, batch))
                 x = random_crop_flip(x, self.padding, generator)
             yield normalize_batch(x, mean, std), labels.index_select(0, index)

@@ -49,5 +49,10 @@ class ImageListDataset(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
+    @property
+    def targets(self) -> list[int]:
+        """The labels, under the name torchvision's data sets use."""
+        return self.labels
+
     def __getitem__(self, index: int) -> tuple[Any, int]:
         return self.transform(load_rgb_image(self.paths[index])), self.labels[index]

@@ -39,7 +39,8 @@ class ImageNetDataModule(ImageFileDataModule):
             crop) of :class:`~sdd_lightning.data.base.ImageFileDataModule`, and the loader settings of
             :class:`~sdd_lightning.data.base.ClassificationDataModule` (``batch_size`` per device, 256 per GPU
             on 2 GPUs in the paper, ``eval_batch_size``, ``num_workers``, ``pin_memory``, ``seed``,
-            ``drop_last``, ``persistent_workers``).
+            ``drop_last``, ``persistent_workers``, ``val_split`` and ``val_split_seed``: a validation set held out of
+            ``train/``; without it ``val/`` is both the validation and the test split).
     """
 
     def __init__(self, root: str | Path = "data/imagenet", *, num_classes: int = 1000, **options: Any) -> None:
@@ -55,7 +56,7 @@ class ImageNetDataModule(ImageFileDataModule):
             )
         return directory
 
-    def _image_folder(self, split: str, transform) -> ImageFolder:
+    def _image_folder(self, split: str, transform: Any) -> ImageFolder:
         directory = self._split_dir(split)
         try:
             dataset = ImageFolder(str(directory), transform=transform, loader=load_rgb_image)
@@ -77,9 +78,11 @@ class ImageNetDataModule(ImageFileDataModule):
         self.class_names = dataset.classes
         return dataset
 
-    def setup(self, stage: str | None = None) -> None:
-        """Index the image folders the stage needs (once) and check that their classes agree."""
-        if stage in (None, "fit") and self.train_set is None:
-            self.train_set = self._image_folder("train", imagenet_train_transform(self.crop_size))
-        if self.val_set is None:
-            self.val_set = self._image_folder("val", imagenet_eval_transform(self.crop_size, self.resize_size))
+    def _image_split(self, train: bool, transform: Any) -> ImageFolder:
+        return self._image_folder("train" if train else "val", transform)
+
+    def _train_transform(self) -> Any:
+        return imagenet_train_transform(self.crop_size)
+
+    def _eval_transform(self) -> Any:
+        return imagenet_eval_transform(self.crop_size, self.resize_size)

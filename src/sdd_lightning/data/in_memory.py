@@ -3,7 +3,7 @@
 Two interchangeable training pipelines, chosen by ``device_resident``:
 
 - the standard one: a ``DataLoader`` over :class:`TensorImageDataset`, per-sample torchvision
-  transforms in worker processes, Lightning's ``DistributedSampler`` under DDP;
+  transforms in worker processes, a ``DistributedSampler`` for this process's rank;
 - the device-resident one: the whole set on the training device, batched, cropped, flipped and
   normalised there by :class:`~sdd_lightning.data.device_loader.DeviceResidentLoader`, no workers.
 """
@@ -65,7 +65,7 @@ class InMemoryImageDataModule(ClassificationDataModule):
         augment: Random crop and flip for training; ``False`` trains on the plain images.
         padding: Padding of the random crop.
         **loader_kwargs: ``batch_size`` (per device), ``eval_batch_size``, ``num_workers``,
-            ``pin_memory``, ``seed``, ``drop_last``, ``persistent_workers``; see
+            ``pin_memory``, ``seed``, ``drop_last``, ``persistent_workers``, ``val_split``, ``val_split_seed``; see
             :class:`~sdd_lightning.data.base.ClassificationDataModule`.
     """
 
@@ -87,32 +87,46 @@ class InMemoryImageDataModule(ClassificationDataModule):
         self.padding = padding
         self.train_data: tuple[torch.Tensor, torch.Tensor] | None = None
         self.val_data: tuple[torch.Tensor, torch.Tensor] | None = None
-        self._device_copies: dict[tuple[bool, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
+        self.test_data: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._device_copies: dict[tuple[str, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
 
     def _load_split(self, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """The split as ``(uint8 images (N, 3, H, W), int64 labels (N,))``, checked."""
         raise NotImplementedError
 
     def setup(self, stage: str | None = None) -> None:
-        """Load the splits the stage needs (once; later calls reuse them)."""
-        if stage in (None, "fit") and self.train_data is None:
-            self.train_data = self._load_split(train=True)
-            if self.augment:
-                transform = cifar_train_transform(self.mean, self.std, self.padding, self.train_data[0].shape[-1])
+        """Load the splits the stage needs (once; later calls reuse them); with ``val_split``, carve out validation."""
+        need_train, need_test = self._splits_needed(stage)
+        evaluation = cifar_eval_transform(self.mean, self.std)
+        if need_train and self.train_data is None:
+            images, labels = self._load_split(train=True)
+            holdout = self._holdout(labels)
+            if holdout is None:
+                self.train_data = (images, labels)
             else:
-                transform = cifar_eval_transform(self.mean, self.std)
+                keep, held = holdout
+                self.train_data = (images[keep], labels[keep])
+                self.val_data = (images[held], labels[held])
+                self.val_set = TensorImageDataset(*self.val_data, evaluation)
+            if self.augment:
+                transform = cifar_train_transform(self.mean, self.std, self.padding, images.shape[-1])
+            else:
+                transform = evaluation
             self.train_set = TensorImageDataset(*self.train_data, transform)
-        if self.val_data is None:
-            self.val_data = self._load_split(train=False)
-            self.val_set = TensorImageDataset(*self.val_data, cifar_eval_transform(self.mean, self.std))
+            self.train_eval_set = TensorImageDataset(*self.train_data, evaluation)
+        if need_test and self.test_data is None:
+            self.test_data = self._load_split(train=False)
+            self.test_set = TensorImageDataset(*self.test_data, evaluation)
+            if self.val_split is None:
+                self.val_data, self.val_set = self.test_data, self.test_set
 
-    def _device_loader(self, data: tuple[torch.Tensor, torch.Tensor] | None, *, train: bool) -> DeviceResidentLoader:
+    def _device_loader(self, split: str, *, train: bool = False) -> DeviceResidentLoader:
+        data = {"training": self.train_data, "validation": self.val_data, "test": self.test_data}[split]
         if data is None:
-            split = "training" if train else "validation"
-            raise RuntimeError(f"{type(self).__name__} has no {split} set yet: call setup() first (Trainer does)")
+            raise self._missing(split)
         rank, world_size = self._rank_and_world_size()
         device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
-        key = (train, device)
+        key = ("test" if data is self.test_data else split, device)
         if key not in self._device_copies:  # one copy per split and device, shared by later loaders
             self._device_copies[key] = (data[0].to(device), data[1].to(device))
         return DeviceResidentLoader(
@@ -128,31 +142,26 @@ class InMemoryImageDataModule(ClassificationDataModule):
             rank=rank,
             world_size=world_size,
             device=device,
-            epoch_source=self._training_epoch if train else None,
         )
-
-    def _training_epoch(self) -> int | None:
-        """The epoch the trainer is running, as its fit loop counts it (also right after a resume).
-
-        Lightning's own ``set_epoch`` call can come before the loader is rebuilt on a resume, leaving the
-        sampler at epoch 0; the fit loop's count is the one that matches an unbroken run.
-        """
-        if self.trainer is None:
-            return None
-        return self.trainer.fit_loop.epoch_progress.current.processed
 
     def teardown(self, stage: str | None = None) -> None:
         """Release the device copies of the data (the host copies stay for the next stage)."""
         self._device_copies.clear()
 
     def train_dataloader(self) -> DataLoader | DeviceResidentLoader:
-        """Shuffled, augmented training batches (on the device when ``device_resident``)."""
+        """Shuffled, augmented training batches (on the device when ``device_resident``), resumable mid-epoch."""
         if self.device_resident:
-            return self._device_loader(self.train_data, train=True)
+            return self._device_loader("training", train=True)
         return super().train_dataloader()
 
     def val_dataloader(self) -> DataLoader | DeviceResidentLoader:
-        """Evaluation batches in the stored order (on the device when ``device_resident``)."""
+        """Validation batches in the stored order (on the device when ``device_resident``)."""
         if self.device_resident:
-            return self._device_loader(self.val_data, train=False)
+            return self._device_loader("validation")
         return super().val_dataloader()
+
+    def test_dataloader(self) -> DataLoader | DeviceResidentLoader:
+        """Test batches in the stored order (on the device when ``device_resident``)."""
+        if self.device_resident:
+            return self._device_loader("test")
+        return super().test_dataloader()

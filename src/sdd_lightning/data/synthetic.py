@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from sdd_lightning.data.in_memory import InMemoryImageDataModule
 from sdd_lightning.data.seeding import derive_seed
+from sdd_lightning.data.splits import holdout_size
 
 __all__ = ["SHAPES_MEAN", "SHAPES_STD", "SHAPE_KINDS", "SyntheticDataModule", "generate_shapes"]
 
@@ -242,7 +243,7 @@ class SyntheticDataModule(InMemoryImageDataModule):
         root: Unused (accepted so that every data config has the same keys).
         num_classes: Object kinds, hence classes (2 to 16).
         num_train: Training images.
-        num_val: Validation (= test) images.
+        num_val: Test images (also the validation set unless ``val_split`` holds one out of training).
         data_seed: Seed of the generated images (the training ``seed`` only orders and augments them).
         device_resident: Keep the set on the training device and augment there (the default: the set
             is tiny, and on a CPU this avoids worker processes altogether).
@@ -258,7 +259,7 @@ class SyntheticDataModule(InMemoryImageDataModule):
         background_contrast: Amplitude of the smooth coloured background; larger is harder.
         **loader_options: The loader settings of :class:`~sdd_lightning.data.base.ClassificationDataModule`
             (``batch_size`` per device, ``eval_batch_size``, ``num_workers``, ``pin_memory``, ``seed``,
-            ``drop_last``, ``persistent_workers``).
+            ``drop_last``, ``persistent_workers``, ``val_split``, ``val_split_seed``).
     """
 
     mean = SHAPES_MEAN
@@ -291,6 +292,8 @@ class SyntheticDataModule(InMemoryImageDataModule):
             raise ValueError(f"num_train and num_val must be >= 1, got {num_train}, {num_val}")
         if data_seed < 0:
             raise ValueError(f"data_seed must be >= 0, got {data_seed}")
+        if self.val_split is not None:
+            holdout_size(self.val_split, num_train)  # the size is known now: refuse a too large val_split early
         self.num_classes = num_classes
         self.num_train = num_train
         self.num_val = num_val
