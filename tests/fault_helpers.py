@@ -1,4 +1,4 @@
-"""Helpers of the fault and resume tests: a failing callback, a W&B offline-log reader, process handling."""
+"""Helpers of the fault and resume tests: a failing callback, runs in subprocesses, metrics files."""
 
 from __future__ import annotations
 
@@ -6,11 +6,10 @@ import contextlib
 import csv
 import os
 import signal
-import struct
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import lightning as L
@@ -91,45 +90,3 @@ def completed_epochs(metrics: Path) -> int:
         return sum(1 for row in csv_rows(metrics) if row.get("val/acc1"))
     except (OSError, csv.Error):
         return 0
-
-
-def wandb_records(path: Path) -> Iterator[object]:
-    """The records of a W&B transaction log (``run-<id>.wandb``), as ``wandb_internal_pb2.Record``.
-
-    The file is a 7-byte W&B header followed by LevelDB-log records in 32 KiB blocks, each chunk with a
-    7-byte header (CRC32, length, type: 1 full, 2 first, 3 middle, 4 last).
-    """
-    from wandb.proto import wandb_internal_pb2
-
-    data = path.read_bytes()
-    assert data[:4] == b":W&B", f"{path} is not a W&B transaction log"
-    block, position, pending = 32768, 7, b""
-    while position + 7 <= len(data):
-        left = block - position % block
-        if left < 7:  # a block's tail too short for a header is padding
-            position += left
-            continue
-        _, length, kind = struct.unpack("<IHB", data[position : position + 7])
-        if kind == 0 and length == 0:
-            position += left
-            continue
-        pending += data[position + 7 : position + 7 + length]
-        position += 7 + length
-        if kind in (1, 4):
-            record = wandb_internal_pb2.Record()
-            record.ParseFromString(pending)
-            pending = b""
-            yield record
-
-
-def wandb_history(run_folder: Path) -> tuple[str, list[dict[str, str]]]:
-    """The run id and the history rows (key -> JSON value) of one offline W&B run folder."""
-    (log_file,) = run_folder.glob("run-*.wandb")
-    run_id, rows = "", []
-    for record in wandb_records(log_file):
-        kind = record.WhichOneof("record_type")
-        if kind == "run":
-            run_id = record.run.run_id
-        elif kind == "history":
-            rows.append({item.key or "/".join(item.nested_key): item.value_json for item in record.history.item})
-    return run_id, rows

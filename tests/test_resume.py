@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import stat
@@ -12,12 +13,20 @@ import textwrap
 import pytest
 import torch
 from app_helpers import TINY, compose_config, read_results
-from fault_helpers import app_env, completed_epochs, csv_rows, start_app, wait_for, wandb_history
+from fault_helpers import app_env, completed_epochs, csv_rows, start_app, wait_for
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from wandb_records import history
 
 from sdd_lightning.builders import ConfigError
 from sdd_lightning.loggers import ResumableCSVLogger, ResumableTensorBoardLogger, ResumableWandbLogger
 from sdd_lightning.train import train
+
+
+def wandb_run(folder) -> tuple[str, list[dict]]:
+    """The run id (W&B names the log ``run-<id>.wandb``) and history rows of one offline run folder."""
+    (log_file,) = folder.glob("run-*.wandb")
+    return log_file.stem.removeprefix("run-"), history(log_file)
+
 
 # -- loggers, on their own ------------------------------------------------------------------------------
 
@@ -80,10 +89,10 @@ def test_wandb_logger_resumes_the_run_of_its_folder(tmp_path, monkeypatch):
         logger.experiment.finish()
     runs = sorted((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 2
-    (first_id, first), (second_id, second) = (wandb_history(run) for run in runs)
+    (first_id, first), (second_id, second) = (wandb_run(run) for run in runs)
     assert first_id == second_id == (tmp_path / "wandb" / "run_id").read_text().strip()
-    assert [row["trainer/global_step"] for row in first] == ["0", "1", "2"]
-    assert [row["trainer/global_step"] for row in second] == ["3", "4"]
+    assert [row["trainer/global_step"] for row in first] == [0, 1, 2]
+    assert [row["trainer/global_step"] for row in second] == [3, 4]
 
 
 # -- a real run, stopped by SIGTERM and resumed in its folder --------------------------------------------
@@ -129,10 +138,10 @@ def test_sigterm_and_resume_keep_the_history_of_every_logger(tmp_path):
 
     runs = sorted((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 2
-    (first_id, first), (second_id, second) = (wandb_history(run) for run in runs)
+    (first_id, first), (second_id, second) = (wandb_run(run) for run in runs)
     assert first_id == second_id
-    assert min(int(row["trainer/global_step"]) for row in first) == 0
-    assert min(int(row["trainer/global_step"]) for row in second) >= step
+    assert min(row["trainer/global_step"] for row in first) == 0
+    assert min(row["trainer/global_step"] for row in second) >= step
 
 
 # -- the schedule --------------------------------------------------------------------------------------
@@ -159,6 +168,16 @@ def test_resuming_with_more_epochs_follows_the_new_schedule(tmp_path, caplog):
     assert a["lr_schedulers"][0]["T_max"] == b["lr_schedulers"][0]["T_max"] == 3
     for key in a["state_dict"]:
         torch.testing.assert_close(a["state_dict"][key], b["state_dict"][key], rtol=1e-5, atol=1e-6)
+
+    # a new learning rate and weight decay apply from the resumed epoch on, and the log says so
+    changed = ["optimizer.lr=0.1", "optimizer.weight_decay=0.001", "epochs=2", f"ckpt_path={last}"]
+    with caplog.at_level("WARNING", logger="sdd_lightning"):
+        train(compose_config([*COMMON, *changed], tmp_path / "changed"))
+    assert "optimizer weight_decay 0.0005 -> 0.001" in caplog.text
+    assert "CosineAnnealingLR base_lrs [0.05] -> [0.1]" in caplog.text
+    assert [float(lr) for lr in _lrs(tmp_path / "changed")] == pytest.approx([0.1 * (1 + math.cos(math.pi / 2)) / 2])
+    groups = torch.load(tmp_path / "changed" / "checkpoints" / "last.ckpt", weights_only=True)["optimizer_states"]
+    assert groups[0]["param_groups"][0]["weight_decay"] == 0.001
 
     # another kind of scheduler cannot continue the run's schedule: refused, with what to do
     with pytest.raises(ConfigError, match=r"another learning-rate scheduler.*scheduler="):

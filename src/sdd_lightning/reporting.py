@@ -60,6 +60,8 @@ _NOISE_WARNINGS = (
     r"This DataLoader will create \d+ worker processes in total",
     # pin_memory (on in the data configs, for GPUs) is ignored on a machine without one
     r"'pin_memory' argument is set as true but no accelerator is found",
+    # a run resumed in its folder finds its own checkpoints there, by design
+    r"Checkpoint directory .* exists and is not empty",
 )
 # Libraries that give their loggers a console handler of their own at import.
 _OWN_CONSOLE_LOGGERS = ("lightning", "lightning.pytorch", "lightning.fabric", "torchmetrics")
