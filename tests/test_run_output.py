@@ -37,6 +37,7 @@ NOISE = {
     "more workers than cores": "worker processes in total",
     "pin_memory without a GPU": "pin_memory",
     "the litlogger tip": "litlogger",
+    "W&B's warning about an option Lightning passes": "anonymous setting has no effect",
 }
 
 
@@ -53,8 +54,10 @@ def test_a_run_prints_its_result_keeps_its_log_and_shows_only_warnings_that_matt
             f"data.num_workers={workers}",
             "+data.pin_memory=true",
             "trainer.log_every_n_steps=50",  # more than the 4 steps of an epoch: a warning the user can act on
+            "logger=[csv,wandb]",
             f"hydra.run.dir={tmp_path}",
-        ]
+        ],
+        WANDB_SILENT="false",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     output = result.stdout + result.stderr

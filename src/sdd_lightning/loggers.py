@@ -170,6 +170,9 @@ class ResumableWandbLogger(WandbLogger):
             id = wandb_run_id(save_dir)
         kwargs.setdefault("resume", "allow")
         super().__init__(*args, save_dir=save_dir, id=id, **kwargs)
+        if self._wandb_init.get("anonymous") is None:
+            # Lightning passes anonymous=None, which W&B warns about on every run ("has no effect")
+            self._wandb_init.pop("anonymous", None)
 
 
 class LogContinuation(L.Callback):
