@@ -14,10 +14,12 @@ import pytest
 import torch
 from app_helpers import TINY, compose_config, read_results
 from fault_helpers import app_env, completed_epochs, csv_rows, start_app, wait_for
+from lightning.pytorch.callbacks import ModelCheckpoint
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from wandb_records import history
 
 from sdd_lightning.builders import ConfigError
+from sdd_lightning.checkpointing import LastCheckpoint
 from sdd_lightning.loggers import ResumableCSVLogger, ResumableTensorBoardLogger, ResumableWandbLogger
 from sdd_lightning.train import train
 
@@ -244,3 +246,8 @@ def test_a_failure_mid_epoch_leaves_the_last_good_checkpoint(tmp_path):
     assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 4
     resumed = train(compose_config([*TINY, "epochs=2"], tmp_path))
     assert resumed["global_step"] == 8 and read_results(tmp_path)["status"] == "finished"
+
+
+def test_last_checkpoint_restores_the_state_of_checkpoints_written_before_it_existed(tmp_path):
+    settings = {"dirpath": tmp_path, "filename": "last", "monitor": None, "every_n_epochs": 1}
+    assert LastCheckpoint(**settings, save_on_exception=True).state_key == ModelCheckpoint(**settings).state_key

@@ -159,6 +159,11 @@ class LastCheckpoint(ModelCheckpoint):
         if isinstance(exception, (SIGTERMException, KeyboardInterrupt)):
             super().on_exception(trainer, pl_module, exception)
 
+    @property
+    def state_key(self) -> str:
+        # the key of the plain ModelCheckpoint it replaces, so that earlier runs' checkpoints restore its state
+        return super().state_key.replace(type(self).__qualname__, ModelCheckpoint.__qualname__, 1)
+
 
 # Scheduler entries that are progress, not settings: they come from the checkpoint unchanged.
 _SCHEDULER_PROGRESS = {"last_epoch", "_step_count", "_is_initial", "_get_lr_called_within_step", "_last_lr", "verbose"}
