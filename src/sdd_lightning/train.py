@@ -19,6 +19,7 @@ from typing import Any
 import hydra
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -34,9 +35,9 @@ from sdd_lightning.builders import (
     is_distillation,
 )
 from sdd_lightning.catalog import CONF_DIR, PUBLISHED_METRIC, published_top1, setting_name, unknown_group_option
-from sdd_lightning.checkpointing import AtomicCheckpointIO, RNGStateCallback, graceful_interrupts
-from sdd_lightning.module import TeacherCheckError
+from sdd_lightning.checkpointing import AtomicCheckpointIO, graceful_interrupts, resume_callbacks
 from sdd_lightning.provenance import device_name, git_commit, versions
+from sdd_lightning.reporting import EvalModeCheck, log_result, reported_errors, run_cli, setup_run_logging
 
 __all__ = ["cli", "main", "train"]
 
@@ -69,8 +70,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     module = build_module(cfg, datamodule.num_classes)
     ckpt_path = resume_checkpoint(cfg, run_dir)
 
-    callbacks = [*build_callbacks(cfg), RNGStateCallback()]
-    trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
+    callbacks = [*build_callbacks(cfg), *resume_callbacks(), EvalModeCheck()]
+    # instantiated, so that trainer.strategy may be a strategy object (ddp_sim sets its collective timeout)
+    trainer_kwargs = instantiate(cfg.trainer, _convert_="all")
     if not any(isinstance(c, ProgressBar) for c in callbacks):
         trainer_kwargs["enable_progress_bar"] = False
     loggers = build_loggers(cfg)
@@ -133,6 +135,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     }
     _write_results(results, run_dir, trainer)
     _finish_wandb(trainer)
+    if trainer.is_global_zero and status == "finished":
+        log_result(results, run_dir)
     if status == "interrupted":
         raise SIGTERMException(f"training stopped by a signal; resume with ckpt_path={run_dir}/checkpoints/last.ckpt")
     return results
@@ -179,15 +183,14 @@ def _task_overrides() -> list[str]:
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    """The ``sdd-train`` entry point: returns the best validation top-1 (for sweepers)."""
-    try:
+    """The Hydra task: one run; returns the best validation top-1 (for sweepers).
+
+    A known error (a bad value, a broken data set, an unwritable folder, a failed teacher check) ends the
+    process with a short message; ``SDD_DEBUG=1`` shows the traceback instead (``reporting``).
+    """
+    setup_run_logging()
+    with reported_errors():
         results = train(cfg)
-    except ConfigError as error:
-        print(f"sdd-train: configuration error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
-    except TeacherCheckError as error:
-        print(f"sdd-train: teacher check failed: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
     return results["val/acc1_best"]
 
 
@@ -203,7 +206,7 @@ def cli() -> None:
         if message:
             print(f"sdd-train: {message}", file=sys.stderr)
             raise SystemExit(2)
-    main()
+    run_cli(main)
 
 
 if __name__ == "__main__":
