@@ -32,6 +32,14 @@ def test_leading_dimensions_give_the_rows_of_the_flattened_batch(loss):
     torch.testing.assert_close(got, loss(s.view(12, K), t.view(12, K), y.view(12), **SETTINGS[loss]).view(4, 3))
 
 
+def test_kd_of_a_low_precision_student_is_computed_in_the_teachers_wider_dtype():
+    # a bfloat16 student under autocast, a float64 teacher: the softmaxes run in float64, not in bfloat16
+    s, t = _logits(6, K).bfloat16(), _logits(6, K, seed=1)
+    got = kd_loss(s, t, temperature=4.0)
+    assert got.dtype == torch.float64
+    torch.testing.assert_close(got, kd_loss(s.double(), t, temperature=4.0), rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("loss", [dkd_loss, nkd_loss], ids=lambda f: f.__name__)
 def test_a_loss_that_needs_the_labels_says_so_when_they_are_missing(loss):
     s = _logits(2, K)

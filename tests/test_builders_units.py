@@ -1,12 +1,24 @@
-"""How a refused value becomes a message that names the override to change, the names suggested for a typo, and
-when W&B is sent offline (the config-to-object code of ``sdd_lightning.builders``, called directly)."""
+"""The config-to-object code of ``sdd_lightning.builders``, called directly: how a refused value becomes a message
+that names the override to change, the names suggested for a typo, when W&B goes offline, and which accuracy a
+teacher is expected to have."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 from omegaconf import OmegaConf
 
-from sdd_lightning.builders import ConfigError, _wandb_offline_unless_logged_in, config_error, suggest
+from sdd_lightning.builders import (
+    ConfigError,
+    _wandb_offline_unless_logged_in,
+    build_callbacks,
+    build_loggers,
+    config_error,
+    expected_teacher_acc1,
+    suggest,
+)
+from sdd_lightning.model_card import CARD_FORMAT
 
 CFG = OmegaConf.create(
     {
@@ -109,6 +121,7 @@ def _netrc(home, host: str) -> None:
 
 
 def _offline_after_the_check() -> bool:
+    """Whether the check sets ``logger.wandb.offline`` (it starts False)."""
     cfg = OmegaConf.create({"logger": {"wandb": {"offline": False}}})
     _wandb_offline_unless_logged_in(cfg)
     return cfg.logger.wandb.offline
@@ -149,3 +162,100 @@ def test_an_online_mode_with_a_login_stays_online(wandb_env, monkeypatch):
     monkeypatch.setenv("WANDB_API_KEY", "0123456789")
     monkeypatch.setenv("WANDB_MODE", "online")
     assert _offline_after_the_check() is False
+
+
+def test_building_the_loggers_sends_wandb_offline_without_a_login(wandb_env):
+    cfg = OmegaConf.create(
+        {
+            "logger": {
+                "wandb": {
+                    "_target_": "lightning.pytorch.loggers.WandbLogger",
+                    "project": "p",
+                    "save_dir": str(wandb_env),
+                    "offline": False,
+                },
+                "csv": None,  # an entry set to null is left out
+            }
+        }
+    )
+    (logger,) = build_loggers(cfg)
+    assert type(logger).__name__ == "WandbLogger" and cfg.logger.wandb.offline is True
+
+
+def test_a_logger_or_callback_that_refuses_its_settings_names_its_override(tmp_path):
+    bad_logger = {"_target_": "lightning.pytorch.loggers.CSVLogger", "save_dir": str(tmp_path), "no_such_option": 1}
+    with pytest.raises(ConfigError, match=r"^logger\.csv\.no_such_option=1: "):
+        build_loggers(OmegaConf.create({"logger": {"csv": bad_logger}}))
+    bad_callback = {"_target_": "lightning.pytorch.callbacks.ModelCheckpoint", "no_such_option": 2}
+    with pytest.raises(ConfigError, match=r"^callbacks\.checkpoint\.no_such_option=2: "):
+        build_callbacks(OmegaConf.create({"callbacks": {"checkpoint": bad_callback}}))
+
+
+def test_callbacks_set_to_null_or_without_a_target_are_left_out():
+    cfg = OmegaConf.create(
+        {
+            "callbacks": {
+                "off": None,
+                "settings_only": {"every_n_epochs": 2},
+                "lr": {"_target_": "lightning.pytorch.callbacks.LearningRateMonitor"},
+            }
+        }
+    )
+    assert [type(c).__name__ for c in build_callbacks(cfg)] == ["LearningRateMonitor"]
+    assert build_callbacks(OmegaConf.create({"callbacks": None})) == []
+    assert build_callbacks(OmegaConf.create({})) == []
+
+
+# --- the accuracy a teacher is expected to have ---------------------------------------------------------------------
+
+
+def _teacher_cfg(checkpoint, data="sdd_lightning.data.Cifar100DataModule", arch="resnet32x4", **teacher):
+    node = {"arch": arch, "checkpoint": None if checkpoint is None else str(checkpoint), **teacher}
+    return OmegaConf.create({"teacher": node, "data": {"_target_": data}})
+
+
+def _crd_file(root, arch="resnet32x4"):
+    """Where the CRD / mdistiller teachers live: ``<arch>_vanilla/ckpt_epoch_240.pth`` (not read here)."""
+    return root / f"{arch}_vanilla" / "ckpt_epoch_240.pth"
+
+
+def test_an_expected_accuracy_given_in_the_config_wins(tmp_path):
+    assert expected_teacher_acc1(_teacher_cfg(_crd_file(tmp_path), expected_acc1=0.5)) == 0.5
+    assert expected_teacher_acc1(_teacher_cfg(None, expected_acc1=1)) == 1.0
+
+
+def test_without_a_checkpoint_nothing_is_expected():
+    assert expected_teacher_acc1(_teacher_cfg(None)) is None
+    assert expected_teacher_acc1(_teacher_cfg(None, expected_acc1=None)) is None
+
+
+def test_a_crd_teacher_file_is_expected_to_score_the_papers_teacher_accuracy(tmp_path):
+    assert expected_teacher_acc1(_teacher_cfg(_crd_file(tmp_path))) == pytest.approx(0.7942)  # SDD_METHOD section 5
+    cub = _teacher_cfg(_crd_file(tmp_path, "vgg13"), data="sdd_lightning.data.Cub200DataModule", arch="vgg13")
+    assert expected_teacher_acc1(cub) == pytest.approx(0.7019)
+
+
+@pytest.mark.parametrize(
+    ("where", "data", "arch"),
+    [
+        ("resnet32x4_vanilla/last.pth", "sdd_lightning.data.Cifar100DataModule", "resnet32x4"),  # another file name
+        ("vgg13_vanilla/ckpt_epoch_240.pth", "sdd_lightning.data.Cifar100DataModule", "resnet32x4"),  # another arch
+        ("resnet32x4_vanilla/ckpt_epoch_240.pth", "sdd_lightning.data.SyntheticDataModule", "resnet32x4"),
+        ("resnet18_vanilla/ckpt_epoch_240.pth", "sdd_lightning.data.ImageNetDataModule", "resnet18"),  # none published
+        ("resnet8_vanilla/ckpt_epoch_240.pth", "sdd_lightning.data.Cifar100DataModule", "resnet8"),  # none published
+    ],
+)
+def test_other_checkpoints_have_no_expected_accuracy(tmp_path, where, data, arch):
+    assert expected_teacher_acc1(_teacher_cfg(tmp_path / where, data=data, arch=arch)) is None
+
+
+def test_the_model_card_beside_a_checkpoint_gives_its_measured_accuracy(tmp_path):
+    weights = _crd_file(tmp_path)  # a card wins over the published number
+    weights.parent.mkdir(parents=True)
+    card = weights.with_suffix(".json")
+    card.write_text(json.dumps({"format": CARD_FORMAT, "accuracy": {"acc1": 0.612}}))
+    assert expected_teacher_acc1(_teacher_cfg(weights)) == pytest.approx(0.612)
+    card.write_text(json.dumps({"format": CARD_FORMAT, "accuracy": None}))  # exported without measuring
+    assert expected_teacher_acc1(_teacher_cfg(weights)) == pytest.approx(0.7942)
+    card.write_text(json.dumps({"format": CARD_FORMAT, "accuracy": {"acc1": None}}))
+    assert expected_teacher_acc1(_teacher_cfg(weights)) == pytest.approx(0.7942)
