@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-all lint format train bench clean-venv
+.PHONY: install test test-all lint format train bench mutation clean-venv
 
 install: $(STAMP)
 
@@ -38,6 +38,15 @@ train: install
 
 bench: install
 	$(BIN)/python benchmarks/bench_loss.py
+
+# Mutation testing (mutmut) of the losses, the head, the modules, the transforms, the device loader and the config
+# code: about an hour on 2 cores; not part of `make test` or CI. A fresh run each time (mutants/ is its work folder);
+# MUTANTS='sdd_lightning.heads.*' runs one file's mutants. Scores and equivalent mutants: docs/testing.md.
+MUTATION_JOBS ?= 2
+mutation: install
+	rm -rf mutants
+	PYTHONPATH=$(CURDIR)/tests $(BIN)/mutmut run --max-children $(MUTATION_JOBS) $(MUTANTS)
+	$(BIN)/python scripts/mutation_score.py
 
 clean-venv:
 	rm -rf $(VENV)

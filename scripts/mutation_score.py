@@ -1,0 +1,81 @@
+"""The mutation score of the last ``make mutation`` run, per file, without the equivalent mutants.
+
+mutmut keeps each mutated file's results in ``mutants/<file>.meta``; docs/testing.md lists the surviving mutants that
+are equivalent to the original code (a table whose rows start with the mutant's name in backticks). The score is
+(killed + timed out) / (mutants - equivalent). Prints a Markdown table, then every mutant that still counts against
+the score, so that the output can be pasted into docs/testing.md.
+
+    python scripts/mutation_score.py [--mutants mutants] [--equivalents docs/testing.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from collections import Counter
+from pathlib import Path
+
+from mutmut.stats import status_by_exit_code
+
+# A row of the equivalent-mutant table: | `sdd_lightning.heads.x_validate_scales__mutmut_3` | why |
+_EQUIVALENT_ROW = re.compile(r"^\|\s*`(sdd_lightning\.[^`]+__mutmut_\d+)`")
+DETECTED = ("killed", "timeout")
+
+
+def equivalent_mutants(doc: Path) -> set[str]:
+    """The mutant names that ``doc``'s equivalent-mutant table lists (empty when the file is missing)."""
+    if not doc.is_file():
+        return set()
+    return {m.group(1) for line in doc.read_text().splitlines() if (m := _EQUIVALENT_ROW.match(line))}
+
+
+def results(mutants: Path) -> dict[str, dict[str, str]]:
+    """Each mutated file (relative to ``mutants/``) -> its mutants' statuses (``killed``, ``survived``, ...)."""
+    by_file = {}
+    for meta in sorted(mutants.rglob("*.py.meta")):
+        codes = json.loads(meta.read_text())["exit_code_by_key"]
+        by_file[str(meta.relative_to(mutants).with_suffix(""))] = {
+            name: status_by_exit_code[code] for name, code in codes.items()
+        }
+    return by_file
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mutants", type=Path, default=Path("mutants"), help="mutmut's working folder")
+    parser.add_argument("--equivalents", type=Path, default=Path("docs/testing.md"), help="the equivalent-mutant table")
+    args = parser.parse_args()
+    by_file = results(args.mutants)
+    if not by_file:
+        raise SystemExit(f"no mutmut results under {args.mutants}/: run `make mutation` first")
+    equivalent = equivalent_mutants(args.equivalents)
+    print("| file | mutants | killed | timed out | equivalent | survived | no test ran it | not run | score |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    totals: Counter[str] = Counter()
+    missed = []
+    for path, statuses in by_file.items():
+        counts = Counter("equivalent" if name in equivalent else status for name, status in statuses.items())
+        counts["mutants"] = len(statuses)
+        totals.update(counts)
+        missed += [
+            f"{status:>14}  {name}"
+            for name, status in sorted(statuses.items())
+            if status not in DETECTED and name not in equivalent
+        ]
+        print(_row(path, counts))
+    print(_row("**all**", totals))
+    if missed:
+        print("\nStill counted against the score:")
+        print("\n".join(missed))
+
+
+def _row(label: str, counts: Counter[str]) -> str:
+    counted = counts["mutants"] - counts["equivalent"]
+    score = f"{100 * sum(counts[s] for s in DETECTED) / counted:.1f}%" if counted else "-"
+    columns = ("mutants", "killed", "timeout", "equivalent", "survived", "no tests", "not checked")
+    return f"| {label} | " + " | ".join(str(counts[c]) for c in columns) + f" | {score} |"
+
+
+if __name__ == "__main__":
+    main()

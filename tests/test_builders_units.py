@@ -1,0 +1,261 @@
+"""The config-to-object code of ``sdd_lightning.builders``, called directly: how a refused value becomes a message
+that names the override to change, the names suggested for a typo, when W&B goes offline, and which accuracy a
+teacher is expected to have."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from omegaconf import OmegaConf
+
+from sdd_lightning.builders import (
+    ConfigError,
+    _wandb_offline_unless_logged_in,
+    build_callbacks,
+    build_loggers,
+    config_error,
+    expected_teacher_acc1,
+    suggest,
+)
+from sdd_lightning.model_card import CARD_FORMAT
+
+CFG = OmegaConf.create(
+    {
+        "base_lr": 0.5,
+        "optimizer": {"_target_": "torch.optim.SGD", "_partial_": True, "lr": "${base_lr}", "momentum": 0.9},
+        "distill": {"ce_weight": -1, "loss": {"_target_": "x.KDLoss", "temperature": 0, "beta": -2}, "beta": 3},
+    }
+)
+
+
+def test_the_message_names_the_override_with_the_value_the_run_used():
+    # the value is the resolved one (an interpolation shows its number), and the owner's "optimizer: " prefix,
+    # which repeats the path, is dropped
+    error = config_error("optimizer", CFG.optimizer, ValueError("optimizer: Invalid learning rate: 0.5"))
+    assert isinstance(error, ConfigError)
+    assert str(error) == "optimizer.lr=0.5: Invalid learning rate: 0.5 (fix: optimizer.lr=<a valid value>)"
+
+
+def test_a_nested_setting_is_named_by_its_full_path():
+    error = config_error("distill", CFG.distill, ValueError("KDLoss: temperature must be > 0, got 0"))
+    assert str(error) == (
+        "distill.loss.temperature=0: KDLoss: temperature must be > 0, got 0 "
+        "(fix: distill.loss.temperature=<a valid value>)"
+    )
+
+
+def test_a_setting_before_a_nested_node_is_still_found():
+    error = config_error("distill", CFG.distill, ValueError("ce_weight must be a finite number >= 0, got -1"))
+    assert str(error).startswith("distill.ce_weight=-1: ce_weight must be")
+
+
+def test_a_name_that_two_nodes_share_names_both_overrides():
+    error = config_error("distill", CFG.distill, ValueError("beta must be >= 0, got -2"))
+    assert str(error) == (  # in the order of the config
+        "distill.loss.beta=-2, distill.beta=3: beta must be >= 0, got -2 "
+        "(fix: distill.loss.beta / distill.beta=<a valid value>)"
+    )
+
+
+def test_the_first_named_setting_is_the_one_to_fix():
+    error = config_error("optimizer", CFG.optimizer, ValueError("momentum 0.9 is too large for lr 0.5"))
+    assert str(error).startswith("optimizer.momentum=0.9: momentum 0.9")
+
+
+@pytest.mark.parametrize(
+    ("path", "node", "message", "expected"),
+    [
+        # Hydra's own keys are never the override to change
+        ("distill", CFG.distill, "cannot import _target_ x.KDLoss", "distill: cannot import _target_ x.KDLoss"),
+        ("scheduler", None, "boom", "scheduler: boom"),  # no node: the scheduler is off
+        (
+            "distill.scales",
+            OmegaConf.create([1, 0]),
+            "scales must be positive",
+            "distill.scales: scales must be positive",
+        ),
+        ("optimizer", CFG.optimizer, "something else went wrong", "optimizer: something else went wrong"),
+    ],
+)
+def test_without_a_named_setting_the_message_points_at_the_node(path, node, message, expected):
+    assert str(config_error(path, node, ValueError(message))) == f"{expected} (check the {path}.* overrides)"
+
+
+def test_a_plain_dict_node_is_read_like_a_config_node():
+    error = config_error("data", {"batch_size": 0, "root": "/x"}, ValueError("batch_size must be >= 1, got 0"))
+    assert str(error) == "data.batch_size=0: batch_size must be >= 1, got 0 (fix: data.batch_size=<a valid value>)"
+
+
+def test_a_typo_gets_the_three_closest_names():
+    known = ["resnet8", "resnet20", "resnet32", "resnet56", "resnet110", "vgg8"]
+    hint = suggest("resnet9", known)
+    assert hint.startswith(" Did you mean 'resnet8' or ") and hint.endswith("?")
+    assert hint.count(" or ") == 2 and "vgg8" not in hint
+
+
+def test_a_name_in_the_wrong_case_is_suggested_as_written_in_the_registry():
+    assert suggest("SHUFFLEV1", ["ShuffleV1", "ShuffleV2", "resnet8"]) == " Did you mean 'ShuffleV1'?"
+
+
+def test_nothing_close_suggests_nothing():
+    assert suggest("zzz", ["resnet8", "vgg8"]) == ""
+
+
+# --- W&B: offline unless logged in --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def wandb_env(tmp_path, monkeypatch):
+    """No W&B login anywhere: an empty home folder, no key, no mode, the default host."""
+    for name in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    return tmp_path
+
+
+def _netrc(home, host: str) -> None:
+    path = home / ".netrc"
+    path.write_text(f"machine {host}\n  login user\n  password secret\n")
+    path.chmod(0o600)
+
+
+def _offline_after_the_check() -> bool:
+    """Whether the check sets ``logger.wandb.offline`` (it starts False)."""
+    cfg = OmegaConf.create({"logger": {"wandb": {"offline": False}}})
+    _wandb_offline_unless_logged_in(cfg)
+    return cfg.logger.wandb.offline
+
+
+def test_wandb_without_any_login_goes_offline(wandb_env):
+    assert _offline_after_the_check() is True
+
+
+def test_wandb_with_an_api_key_stays_online(wandb_env, monkeypatch):
+    monkeypatch.setenv("WANDB_API_KEY", "0123456789")
+    assert _offline_after_the_check() is False
+
+
+def test_wandb_with_a_netrc_login_for_its_host_stays_online(wandb_env, monkeypatch):
+    _netrc(wandb_env, "api.wandb.ai")
+    assert _offline_after_the_check() is False
+    monkeypatch.setenv("WANDB_BASE_URL", "https://wandb.example.org")  # a private server: its own login counts
+    assert _offline_after_the_check() is True
+    _netrc(wandb_env, "wandb.example.org")
+    assert _offline_after_the_check() is False
+
+
+def test_an_unreadable_netrc_means_offline(wandb_env):
+    (wandb_env / ".netrc").write_text("machine\n")  # a parse error, not a crash
+    (wandb_env / ".netrc").chmod(0o600)
+    assert _offline_after_the_check() is True
+
+
+@pytest.mark.parametrize("mode", ["offline", "OFFLINE", "disabled", "Disabled", "dryrun", "DRYRUN"])
+def test_an_offline_mode_wins_over_a_login(wandb_env, monkeypatch, mode):
+    monkeypatch.setenv("WANDB_API_KEY", "0123456789")
+    monkeypatch.setenv("WANDB_MODE", mode)
+    assert _offline_after_the_check() is True
+
+
+def test_an_online_mode_with_a_login_stays_online(wandb_env, monkeypatch):
+    monkeypatch.setenv("WANDB_API_KEY", "0123456789")
+    monkeypatch.setenv("WANDB_MODE", "online")
+    assert _offline_after_the_check() is False
+
+
+def test_building_the_loggers_sends_wandb_offline_without_a_login(wandb_env):
+    cfg = OmegaConf.create(
+        {
+            "logger": {
+                "wandb": {
+                    "_target_": "lightning.pytorch.loggers.WandbLogger",
+                    "project": "p",
+                    "save_dir": str(wandb_env),
+                    "offline": False,
+                },
+                "csv": None,  # an entry set to null is left out
+            }
+        }
+    )
+    (logger,) = build_loggers(cfg)
+    assert type(logger).__name__ == "WandbLogger" and cfg.logger.wandb.offline is True
+
+
+def test_a_logger_or_callback_that_refuses_its_settings_names_its_override(tmp_path):
+    bad_logger = {"_target_": "lightning.pytorch.loggers.CSVLogger", "save_dir": str(tmp_path), "no_such_option": 1}
+    with pytest.raises(ConfigError, match=r"^logger\.csv\.no_such_option=1: "):
+        build_loggers(OmegaConf.create({"logger": {"csv": bad_logger}}))
+    bad_callback = {"_target_": "lightning.pytorch.callbacks.ModelCheckpoint", "no_such_option": 2}
+    with pytest.raises(ConfigError, match=r"^callbacks\.checkpoint\.no_such_option=2: "):
+        build_callbacks(OmegaConf.create({"callbacks": {"checkpoint": bad_callback}}))
+
+
+def test_callbacks_set_to_null_or_without_a_target_are_left_out():
+    cfg = OmegaConf.create(
+        {
+            "callbacks": {
+                "off": None,
+                "settings_only": {"every_n_epochs": 2},
+                "lr": {"_target_": "lightning.pytorch.callbacks.LearningRateMonitor"},
+            }
+        }
+    )
+    assert [type(c).__name__ for c in build_callbacks(cfg)] == ["LearningRateMonitor"]
+    assert build_callbacks(OmegaConf.create({"callbacks": None})) == []
+    assert build_callbacks(OmegaConf.create({})) == []
+
+
+# --- the accuracy a teacher is expected to have ---------------------------------------------------------------------
+
+
+def _teacher_cfg(checkpoint, data="sdd_lightning.data.Cifar100DataModule", arch="resnet32x4", **teacher):
+    node = {"arch": arch, "checkpoint": None if checkpoint is None else str(checkpoint), **teacher}
+    return OmegaConf.create({"teacher": node, "data": {"_target_": data}})
+
+
+def _crd_file(root, arch="resnet32x4"):
+    """Where the CRD / mdistiller teachers live: ``<arch>_vanilla/ckpt_epoch_240.pth`` (not read here)."""
+    return root / f"{arch}_vanilla" / "ckpt_epoch_240.pth"
+
+
+def test_an_expected_accuracy_given_in_the_config_wins(tmp_path):
+    assert expected_teacher_acc1(_teacher_cfg(_crd_file(tmp_path), expected_acc1=0.5)) == 0.5
+    assert expected_teacher_acc1(_teacher_cfg(None, expected_acc1=1)) == 1.0
+
+
+def test_without_a_checkpoint_nothing_is_expected():
+    assert expected_teacher_acc1(_teacher_cfg(None)) is None
+    assert expected_teacher_acc1(_teacher_cfg(None, expected_acc1=None)) is None
+
+
+def test_a_crd_teacher_file_is_expected_to_score_the_papers_teacher_accuracy(tmp_path):
+    assert expected_teacher_acc1(_teacher_cfg(_crd_file(tmp_path))) == pytest.approx(0.7942)  # SDD_METHOD section 5
+    cub = _teacher_cfg(_crd_file(tmp_path, "vgg13"), data="sdd_lightning.data.Cub200DataModule", arch="vgg13")
+    assert expected_teacher_acc1(cub) == pytest.approx(0.7019)
+
+
+@pytest.mark.parametrize(
+    ("where", "data", "arch"),
+    [
+        ("resnet32x4_vanilla/last.pth", "sdd_lightning.data.Cifar100DataModule", "resnet32x4"),  # another file name
+        ("vgg13_vanilla/ckpt_epoch_240.pth", "sdd_lightning.data.Cifar100DataModule", "resnet32x4"),  # another arch
+        ("resnet32x4_vanilla/ckpt_epoch_240.pth", "sdd_lightning.data.SyntheticDataModule", "resnet32x4"),
+        ("resnet18_vanilla/ckpt_epoch_240.pth", "sdd_lightning.data.ImageNetDataModule", "resnet18"),  # none published
+        ("resnet8_vanilla/ckpt_epoch_240.pth", "sdd_lightning.data.Cifar100DataModule", "resnet8"),  # none published
+    ],
+)
+def test_other_checkpoints_have_no_expected_accuracy(tmp_path, where, data, arch):
+    assert expected_teacher_acc1(_teacher_cfg(tmp_path / where, data=data, arch=arch)) is None
+
+
+def test_the_model_card_beside_a_checkpoint_gives_its_measured_accuracy(tmp_path):
+    weights = _crd_file(tmp_path)  # a card wins over the published number
+    weights.parent.mkdir(parents=True)
+    card = weights.with_suffix(".json")
+    card.write_text(json.dumps({"format": CARD_FORMAT, "accuracy": {"acc1": 0.612}}))
+    assert expected_teacher_acc1(_teacher_cfg(weights)) == pytest.approx(0.612)
+    card.write_text(json.dumps({"format": CARD_FORMAT, "accuracy": None}))  # exported without measuring
+    assert expected_teacher_acc1(_teacher_cfg(weights)) == pytest.approx(0.7942)
+    card.write_text(json.dumps({"format": CARD_FORMAT, "accuracy": {"acc1": None}}))
+    assert expected_teacher_acc1(_teacher_cfg(weights)) == pytest.approx(0.7942)
