@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-all lint format train bench mutation clean-venv
+.PHONY: install test test-all lint format train bench mutation mutation-again clean-venv
 
 install: $(STAMP)
 
@@ -39,13 +39,19 @@ train: install
 bench: install
 	$(BIN)/python benchmarks/bench_loss.py
 
-# Mutation testing (mutmut) of the losses, the head, the modules, the transforms, the device loader and the config
-# code: about an hour on 2 cores; not part of `make test` or CI. A fresh run each time (mutants/ is its work folder);
-# MUTANTS='sdd_lightning.heads.*' runs one file's mutants. Scores and equivalent mutants: docs/testing.md.
+# Mutation testing (mutmut) of the losses, the head, the modules, the transforms, the device loader and its batched
+# augmentation, and the config code; not part of `make test` or CI (time and scores: docs/testing.md). A fresh run
+# each time (mutants/ is its work folder); MUTANTS='sdd_lightning.heads.*' runs one file's mutants.
+# `make mutation-again` reruns only the mutants that still count against the score, with the tests as they are now.
 MUTATION_JOBS ?= 2
 mutation: install
 	rm -rf mutants
 	PYTHONPATH=$(CURDIR)/tests $(BIN)/mutmut run --max-children $(MUTATION_JOBS) $(MUTANTS)
+	$(BIN)/python scripts/mutation_score.py
+
+mutation-again: install
+	PYTHONPATH=$(CURDIR)/tests $(BIN)/mutmut run --max-children $(MUTATION_JOBS) \
+		$$($(BIN)/python scripts/mutation_score.py --names)
 	$(BIN)/python scripts/mutation_score.py
 
 clean-venv:

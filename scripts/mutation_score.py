@@ -5,7 +5,10 @@ are equivalent to the original code (a table whose rows start with the mutant's 
 (killed + timed out) / (mutants - equivalent). Prints a Markdown table, then every mutant that still counts against
 the score, so that the output can be pasted into docs/testing.md.
 
-    python scripts/mutation_score.py [--mutants mutants] [--equivalents docs/testing.md]
+    python scripts/mutation_score.py [--mutants mutants] [--equivalents docs/testing.md] [--names]
+
+``--names`` prints only the names of the mutants still counted against the score, one per line: what
+``make mutation-again`` runs again after new tests were written.
 """
 
 from __future__ import annotations
@@ -45,11 +48,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mutants", type=Path, default=Path("mutants"), help="mutmut's working folder")
     parser.add_argument("--equivalents", type=Path, default=Path("docs/testing.md"), help="the equivalent-mutant table")
+    parser.add_argument("--names", action="store_true", help="only the names of the mutants counted against it")
     args = parser.parse_args()
     by_file = results(args.mutants)
     if not by_file:
         raise SystemExit(f"no mutmut results under {args.mutants}/: run `make mutation` first")
     equivalent = equivalent_mutants(args.equivalents)
+    if args.names:
+        for statuses in by_file.values():
+            print("\n".join(n for n, s in sorted(statuses.items()) if s not in DETECTED and n not in equivalent))
+        return
     print("| file | mutants | killed | timed out | equivalent | survived | no test ran it | not run | score |")
     print("|---|---|---|---|---|---|---|---|---|")
     totals: Counter[str] = Counter()

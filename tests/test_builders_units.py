@@ -11,14 +11,17 @@ from omegaconf import OmegaConf
 
 from sdd_lightning.builders import (
     ConfigError,
+    _call,
     _wandb_offline_unless_logged_in,
     build_callbacks,
     build_loggers,
+    check_config,
     config_error,
     expected_teacher_acc1,
     suggest,
 )
 from sdd_lightning.model_card import CARD_FORMAT
+from sdd_lightning.models import available_models
 
 CFG = OmegaConf.create(
     {
@@ -259,3 +262,65 @@ def test_the_model_card_beside_a_checkpoint_gives_its_measured_accuracy(tmp_path
     assert expected_teacher_acc1(_teacher_cfg(weights)) == pytest.approx(0.7942)
     card.write_text(json.dumps({"format": CARD_FORMAT, "accuracy": {"acc1": None}}))
     assert expected_teacher_acc1(_teacher_cfg(weights)) == pytest.approx(0.7942)
+
+
+def _run_config(**overrides):
+    """The keys check_config reads: a distillation run with a student, a teacher and its weights."""
+    cfg = {
+        "epochs": 2,
+        "method": "sd_kd",
+        "distill": {"_target_": "sdd_lightning.module.DistillationModule"},
+        "student": {"arch": "resnet8x4"},
+        "teacher": {"arch": "resnet32x4", "checkpoint": None, "allow_random": False, "kwargs": None},
+    }
+    for key, value in overrides.items():
+        node, _, leaf = key.rpartition(".")
+        (cfg[node] if node else cfg)[leaf] = value
+    return OmegaConf.create(cfg)
+
+
+KNOWN = ", ".join(sorted(available_models()))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"epochs": True}, "epochs=True: give the number of training epochs, an integer >= 1 (e.g. epochs=240)"),
+        ({"student.arch": None}, f"student.arch is not set: give student.arch=<name> (known: {KNOWN})"),
+        (
+            {"teacher.arch": None},
+            f"teacher.arch is not set: give teacher.arch=<name> (known: {KNOWN}), or distill=none to train without a "
+            "teacher",
+        ),
+        (
+            {"teacher.arch": "resnet32x5"},
+            f"unknown teacher.arch='resnet32x5'. Did you mean 'resnet32x4' or 'resnet32' or 'resnet56'? Known names: "
+            f"{KNOWN}; or "
+            "'torchvision:<name>' / 'timm:<name>' for any torchvision or timm classifier, or the dotted path of your "
+            "own network class (my_package.nets.MyNet)",
+        ),
+    ],
+)
+def test_check_config_names_the_setting_and_the_fix(overrides, message):
+    with pytest.raises(ConfigError) as error:
+        check_config(_run_config(**overrides))
+    assert str(error.value) == message
+
+
+def test_a_teacher_with_pretrained_weights_needs_no_checkpoint():
+    check_config(_run_config(**{"teacher.kwargs": {"weights": "IMAGENET1K_V1"}}))
+    with pytest.raises(ConfigError, match="needs trained teacher weights"):
+        check_config(_run_config())
+
+
+def test_a_scheduler_that_refuses_its_settings_is_named_as_the_scheduler():
+    cfg = OmegaConf.create({"scheduler": {"T_max": -1}, "distill": {"T_max": 3}})
+
+    def refuse():
+        raise ValueError("scheduler: T_max must be positive, got -1")
+
+    with pytest.raises(ConfigError) as error:
+        _call(cfg, refuse)
+    assert (
+        str(error.value) == "scheduler.T_max=-1: T_max must be positive, got -1 (fix: scheduler.T_max=<a valid value>)"
+    )

@@ -129,3 +129,14 @@ def test_a_long_group_is_counted_instead_of_listed(small_conf):
 def test_the_first_bad_override_is_the_one_named(small_conf):
     message = unknown_group_option(["pair=d/p99", "distill=sdkd"], small_conf)
     assert message.startswith("unknown pair 'd/p99'")
+
+
+def test_twelve_options_are_still_listed_and_a_half_similar_name_is_suggested(tmp_path):
+    conf = _conf(tmp_path, {f"data/set{i:02d}.yaml": "" for i in range(11)} | {"data/abcdef.yaml": ""})
+    message = unknown_group_option(["data=abcxyz"], conf)  # difflib ratio 0.5 to 'abcdef': the lowest suggested
+    assert message.startswith("unknown data 'abcxyz'. Did you mean 'abcdef'?")
+    assert message.endswith("Known: " + ", ".join(["abcdef"] + [f"set{i:02d}" for i in range(11)]))
+
+
+def test_a_value_holding_an_equals_sign_is_an_unknown_option(small_conf):
+    assert unknown_group_option(["distill=kd=2"], small_conf).startswith("unknown distill 'kd=2'.")

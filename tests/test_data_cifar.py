@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 from pathlib import Path
 from types import SimpleNamespace
@@ -394,3 +395,99 @@ def test_real_cifar100():
         std = ((counts * (values - mean) ** 2).sum() / counts.sum()).sqrt()
         assert abs(mean.item() - CIFAR100_MEAN[c]) < 1e-3 and abs(std.item() - CIFAR100_STD[c]) < 1e-3
     assert dm.class_names[:2] == ["apple", "aquarium_fish"]
+
+
+def _one_image_set(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` copies of one asymmetric 8x8 image: any difference between outputs is the augmentation's."""
+    image = torch.arange(3 * 8 * 8, dtype=torch.uint8).view(1, 3, 8, 8)
+    return image.repeat(n, 1, 1, 1), torch.zeros(n, dtype=torch.long)
+
+
+def _augmented(images, labels, **kwargs) -> list[torch.Tensor]:
+    loader = DeviceResidentLoader(images, labels, 4, mean=(0,) * 3, std=(1,) * 3, augment=True, **kwargs)
+    return [x for x, _ in loader]
+
+
+def test_device_resident_defaults_keep_the_stored_order_and_the_last_short_batch():
+    images, labels = torch.zeros(10, 3, 4, 4, dtype=torch.uint8), torch.arange(10)
+    loader = DeviceResidentLoader(images, labels, 4, mean=(0,) * 3, std=(1,) * 3)
+    assert len(loader) == 3 and torch.equal(torch.cat([y for _, y in loader]), labels)
+    dropping = DeviceResidentLoader(images, labels, 4, mean=(0,) * 3, std=(1,) * 3, drop_last=True)
+    assert len(dropping) == 2 and [len(y) for _, y in dropping] == [4, 4]
+
+
+def test_device_resident_augmentation_differs_between_batches_ranks_and_seeds():
+    images, labels = _one_image_set(16)
+    batches = _augmented(images, labels)
+    assert not torch.equal(batches[0], batches[1])  # each batch draws its own crops and flips
+    assert all(not torch.equal(a, b) for a, b in itertools.combinations(batches, 2))
+    assert torch.equal(torch.cat(batches), torch.cat(_augmented(images, labels)))  # and the same ones again
+    ranks = [_augmented(images, labels, rank=r, world_size=2) for r in (0, 1)]
+    assert not torch.equal(ranks[0][0], ranks[1][0])  # two processes do not draw alike
+    assert not torch.equal(batches[0], _augmented(images, labels, seed=1)[0])
+
+
+def test_device_resident_defaults_are_unaugmented_seed_0_and_pad_by_4_when_augmenting():
+    images, labels = _one_image_set(8)
+    plain = torch.cat([x for x, _ in DeviceResidentLoader(images, labels, 4, mean=(0,) * 3, std=(1,) * 3)])
+    torch.testing.assert_close(plain, images.float() / 255)
+    crops = torch.cat(_augmented(images, labels))
+    torch.testing.assert_close(crops, torch.cat(_augmented(images, labels, seed=0, padding=4)))
+    assert not torch.equal(crops, torch.cat(_augmented(images, labels, padding=5)))
+
+
+@pytest.mark.parametrize(
+    ("images", "labels", "batch", "message"),
+    [
+        (
+            torch.zeros(4, 3, 8, 8),
+            torch.zeros(4),
+            2,
+            "images must be uint8 (N, C, H, W), got torch.float32 (4, 3, 8, 8)",
+        ),
+        (
+            torch.zeros(3, 8, 8, dtype=torch.uint8),
+            torch.zeros(3),
+            2,
+            "images must be uint8 (N, C, H, W), got torch.uint8 (3, 8, 8)",
+        ),
+        (torch.zeros(4, 3, 8, 8, dtype=torch.uint8), torch.zeros(5), 2, "labels must have shape (4,), got (5,)"),
+        (torch.zeros(4, 3, 8, 8, dtype=torch.uint8), torch.zeros(4), 0, "batch_size must be >= 1, got 0"),
+    ],
+)
+def test_device_resident_loader_refuses_bad_inputs_by_name(images, labels, batch, message):
+    with pytest.raises(ValueError) as error:
+        DeviceResidentLoader(images, labels, batch, mean=(0,) * 3, std=(1,) * 3)
+    assert str(error.value) == message
+
+
+def test_device_resident_batches_of_one_are_allowed():
+    images, labels = _one_image_set(3)
+    assert [len(y) for _, y in DeviceResidentLoader(images, labels, 1, mean=(0,) * 3, std=(1,) * 3)] == [1, 1, 1]
+
+
+def test_random_crop_flip_pads_by_4_by_default_and_refuses_bad_inputs_by_name():
+    images, _ = _one_image_set(16)
+    draw = lambda **kw: random_crop_flip(images, generator=torch.Generator().manual_seed(3), **kw)  # noqa: E731
+    assert torch.equal(draw(), draw(padding=4)) and not torch.equal(draw(), draw(padding=5))
+    with pytest.raises(ValueError) as error:
+        random_crop_flip(images[0])
+    assert str(error.value) == "random_crop_flip expects a batch (B, C, H, W), got shape (3, 8, 8)"
+    with pytest.raises(ValueError) as error:
+        random_crop_flip(images, padding=-1)
+    assert str(error.value) == "padding must be >= 0, got -1"
+
+
+def test_device_resident_order_depends_on_the_seed():
+    images, labels = torch.zeros(32, 3, 4, 4, dtype=torch.uint8), torch.arange(32)
+    orders = [
+        list(DeviceResidentLoader(images, labels, 8, mean=(0,) * 3, std=(1,) * 3, shuffle=True, seed=s).sampler)
+        for s in (0, 5, 5)
+    ]
+    assert orders[1] == orders[2] and orders[0] != orders[1]
+
+
+def test_random_crop_flip_pads_with_the_fill_value():
+    images = torch.zeros(64, 1, 2, 2, dtype=torch.uint8)
+    crops = random_crop_flip(images, padding=2, generator=torch.Generator().manual_seed(0), fill=7)
+    assert set(crops.unique().tolist()) == {0, 7}  # some crops reach into the padding, which holds the fill

@@ -40,11 +40,20 @@ def test_kd_of_a_low_precision_student_is_computed_in_the_teachers_wider_dtype()
     torch.testing.assert_close(got, kd_loss(s.double(), t, temperature=4.0), rtol=1e-12, atol=1e-12)
 
 
+def test_kd_of_a_low_precision_teacher_is_computed_in_the_students_wider_dtype():
+    # the other way round: a float32 teacher must be widened to the float64 student before its softmax
+    s, t = _logits(6, K), _logits(6, K, seed=1).float()
+    got = kd_loss(s, t, temperature=4.0)
+    assert got.dtype == torch.float64
+    torch.testing.assert_close(got, kd_loss(s, t.double(), temperature=4.0), rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("loss", [dkd_loss, nkd_loss], ids=lambda f: f.__name__)
 def test_a_loss_that_needs_the_labels_says_so_when_they_are_missing(loss):
     s = _logits(2, K)
-    with pytest.raises(ValueError, match="needs the ground-truth target"):
+    with pytest.raises(ValueError) as error:
         loss(s, s, None, **SETTINGS[loss])
+    assert str(error.value) == "this loss needs the ground-truth target (integer class indices)"
 
 
 @pytest.mark.parametrize(

@@ -179,10 +179,14 @@ def test_no_host_synchronisation_or_value_branches():
 
 def test_bad_inputs_say_what_is_wrong():
     s = _logits(2, 3, K)
-    with pytest.raises(ValueError, match=r"\(B, R, K\)"):
+    with pytest.raises(ValueError) as error:
         sdd_loss(s, s[:, :2], torch.arange(2))
-    with pytest.raises(ValueError, match="target"):
+    assert str(error.value) == (
+        f"student_local and teacher_local must both be local logits of shape (B, R, K), got (2, 3, {K}) and (2, 2, {K})"
+    )
+    with pytest.raises(ValueError) as error:
         sdd_loss(s, s, torch.arange(3))
+    assert str(error.value) == "target must have shape (B,) = (2,), got (3,)"
     with pytest.raises(ValueError, match="kd, dkd, nkd"):
         sdd_loss(s, s, torch.arange(2), base="mse")
     with pytest.raises(ValueError, match="correctness, agreement"):
@@ -235,3 +239,19 @@ def test_the_library_defaults_are_the_official_cifar_values():
 def test_bad_settings_are_refused_when_the_loss_is_built_naming_the_setting(build, named):
     with pytest.raises(ValueError, match=named):
         build()
+
+
+def test_the_loss_and_its_parts_keep_the_precision_of_the_logits():
+    # region weights are cast to the per-region losses' dtype: a bfloat16 pair gives a bfloat16 loss, not float32
+    s, t = _logits(4, 5, K).bfloat16(), _logits(4, 5, K).flip(0).bfloat16()
+    out = ScaleDecoupledLoss()(s, t, torch.arange(4))
+    assert out.loss.dtype == out.complementary_fraction.dtype == out.per_region.dtype == torch.bfloat16
+
+
+def test_a_base_that_is_neither_a_name_nor_callable_and_a_boolean_weight_are_refused_by_name():
+    with pytest.raises(ValueError) as error:
+        base_loss(3)
+    assert str(error.value) == "base must be one of kd, dkd, nkd or a callable per-sample loss, got 3"
+    with pytest.raises(ValueError) as error:
+        ScaleDecoupledLoss(complementary_weight=True)
+    assert str(error.value) == "complementary_weight must be a finite number >= 0, got True"

@@ -113,7 +113,8 @@ def test_default_sizes_are_the_papers_224_from_256():
         _pixels(cub_eval_transform()(square)), square[:, 16:240, 16:240].float(), atol=0.01, rtol=0
     )
     torch.manual_seed(0)
-    assert _is_crop_or_mirror(_pixels(cub_train_transform()(square)), square.float())
+    crop = _pixels(cub_train_transform()(square))
+    assert crop.shape == (3, 224, 224) and _is_crop_or_mirror(crop, square.float())
     assert imagenet_train_transform()(image).shape == (3, 224, 224)
 
 
