@@ -309,8 +309,26 @@ def test_check_config_names_the_setting_and_the_fix(overrides, message):
 
 def test_a_teacher_with_pretrained_weights_needs_no_checkpoint():
     check_config(_run_config(**{"teacher.kwargs": {"weights": "IMAGENET1K_V1"}}))
-    with pytest.raises(ConfigError, match="needs trained teacher weights"):
+    with pytest.raises(ConfigError) as error:
         check_config(_run_config())
+    assert str(error.value) == (
+        "distill=sd_kd needs trained teacher weights: give teacher.checkpoint=<file> (mdistiller/CRD .pth, a .ckpt of "
+        "ours, or a state_dict) or teacher.kwargs.weights=<torchvision weights>; train one with sdd-train "
+        "experiment=<data>/teacher_<arch> (then teacher.checkpoint=<its run>/checkpoints/best-*.ckpt), or set "
+        "SDD_TEACHER_DIR to the folder of the CRD teachers; for a smoke run only, teacher.allow_random=true distils "
+        "from a randomly initialised teacher"
+    )
+
+
+def test_a_teacher_checkpoint_that_does_not_exist_is_named(tmp_path):
+    missing = tmp_path / "t.pth"
+    with pytest.raises(ConfigError) as error:
+        check_config(_run_config(**{"teacher.checkpoint": str(missing)}))
+    assert str(error.value) == (
+        f"teacher.checkpoint={missing} does not exist: give the path of its weights; the CRD teachers are looked up "
+        "under $SDD_TEACHER_DIR (<dir>/<arch>_vanilla/ckpt_epoch_240.pth for CIFAR-100), or train one with sdd-train "
+        "experiment=<data>/teacher_<arch>"
+    )
 
 
 def test_a_scheduler_that_refuses_its_settings_is_named_as_the_scheduler():

@@ -346,3 +346,11 @@ def test_the_recorded_hyperparameters_name_the_base_loss_and_its_settings():
     assert configured.hparams["loss"] == {"name": "NKDLoss", "temperature": 1.0, "gamma": 0.5}
     function = DistillationModule(student, teacher, CLASSES, loss=squared_rows)
     assert function.hparams["loss"] == {"name": "squared_rows"}
+
+
+@pytest.mark.parametrize("value", ["high", True, float("nan"), -0.1])
+def test_a_weight_that_is_not_a_finite_non_negative_number_is_refused_by_name(value):
+    teacher, student = _networks()
+    with pytest.raises(ValueError) as error:
+        DistillationModule(student, teacher, CLASSES, ce_weight=value)
+    assert str(error.value) == f"ce_weight must be a finite number >= 0, got {value!r}"
