@@ -43,14 +43,16 @@ bench: install
 # augmentation, and the config code; not part of `make test` or CI (time and scores: docs/testing.md). A fresh run
 # each time (mutants/ is its work folder); MUTANTS='sdd_lightning.heads.*' runs one file's mutants.
 # `make mutation-again` reruns only the mutants that still count against the score, with the tests as they are now.
+# One thread per test process: MUTATION_JOBS processes share the cores without oversubscribing them.
 MUTATION_JOBS ?= 2
+MUTMUT := PYTHONPATH=$(CURDIR)/tests OMP_NUM_THREADS=1 $(BIN)/mutmut
 mutation: install
 	rm -rf mutants
-	PYTHONPATH=$(CURDIR)/tests $(BIN)/mutmut run --max-children $(MUTATION_JOBS) $(MUTANTS)
+	$(MUTMUT) run --max-children $(MUTATION_JOBS) $(MUTANTS)
 	$(BIN)/python scripts/mutation_score.py
 
 mutation-again: install
-	PYTHONPATH=$(CURDIR)/tests $(BIN)/mutmut run --max-children $(MUTATION_JOBS) \
+	$(MUTMUT) run --max-children $(MUTATION_JOBS) \
 		$$($(BIN)/python scripts/mutation_score.py --names)
 	$(BIN)/python scripts/mutation_score.py
 

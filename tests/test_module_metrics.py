@@ -309,6 +309,32 @@ def test_per_epoch_sums_are_averaged_over_processes_and_the_progress_bar_shows_t
     assert {"train/loss", "train/loss_kd_scale2", "teacher/acc1", "val/local_acc1_scale2"} <= set(epoch_sums)
     assert [n for n in epoch_sums if calls[n].get("sync_dist") is not True] == []
     assert set(trainer.progress_bar_metrics) == {"val/acc1"}
+    calls.clear()  # the same for a network trained without a teacher
+    torch.manual_seed(0)
+    plain = ClassificationModule(SmallNet(), CLASSES, optimizer=FROZEN)
+    _trainer(tmp_path).fit(plain, _loader(_data()), _loader(_data(seed=1)))
+    assert {"train/loss", "train/acc1"} <= set(calls)
+    assert [n for n in calls if n.startswith("train/") and calls[n].get("sync_dist") is not True] == []
+
+
+class _RecordsLayout(SmallNet):
+    """Records whether each input it is given is in the channels-last layout."""
+
+    def __init__(self):
+        super().__init__()
+        self.channels_last_inputs: list[bool] = []
+
+    def forward(self, x):
+        self.channels_last_inputs.append(x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous())
+        return super().forward(x)
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_with_channels_last_the_network_is_given_channels_last_images(tmp_path, channels_last):
+    network = _RecordsLayout()
+    module = ClassificationModule(network, CLASSES, optimizer=FROZEN, channels_last=channels_last)
+    _trainer(tmp_path, max_steps=1, limit_val_batches=1).fit(module, _loader(_data()), _loader(_data(seed=1)))
+    assert network.channels_last_inputs and set(network.channels_last_inputs) == {channels_last}
 
 
 def test_two_validation_loaders_both_count_in_the_teacher_measured_before_training(tmp_path):
