@@ -7,21 +7,25 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from omegaconf import OmegaConf
+from torch import nn
 
 from sdd_lightning.builders import (
     ConfigError,
     _call,
+    _factory,
     _wandb_offline_unless_logged_in,
     build_callbacks,
     build_loggers,
+    build_network,
     check_config,
     config_error,
     expected_teacher_acc1,
     suggest,
 )
 from sdd_lightning.model_card import CARD_FORMAT
-from sdd_lightning.models import available_models
+from sdd_lightning.models import available_models, build_model
 
 CFG = OmegaConf.create(
     {
@@ -341,4 +345,93 @@ def test_a_scheduler_that_refuses_its_settings_is_named_as_the_scheduler():
         _call(cfg, refuse)
     assert (
         str(error.value) == "scheduler.T_max=-1: T_max must be positive, got -1 (fix: scheduler.T_max=<a valid value>)"
+    )
+
+
+class ThreeClasses(nn.Module):
+    """A user network that ignores the class count it is given."""
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.features = nn.Conv2d(3, 4, 3)
+        self.classifier = nn.Linear(4, 3)
+
+    def forward_features(self, x):
+        return self.features(x)
+
+    def forward(self, x):
+        return self.classifier(self.forward_features(x).mean((2, 3)))
+
+
+def _network_config(**student):
+    node = {"arch": "resnet8", "kwargs": None, "checkpoint": None} | student
+    return OmegaConf.create(
+        {"stem": "imagenet", "data": {"_target_": "sdd_lightning.data.Cifar100DataModule"}, "student": node}
+    )
+
+
+def _saved(tmp_path, arch="resnet8", classes=10, **kwargs):
+    torch.manual_seed(1)
+    network = build_model(arch, classes, **kwargs)
+    path = tmp_path / f"{arch}-{classes}.pth"
+    torch.save(network.state_dict(), path)
+    return network, path
+
+
+def test_a_network_gets_its_resolved_kwargs_and_its_checkpoint(tmp_path):
+    plain = build_network(_network_config(), "student", 10)
+    assert plain.conv1.kernel_size == (3, 3)
+    saved, path = _saved(tmp_path, stem="imagenet")
+    network = build_network(_network_config(kwargs={"stem": "${stem}"}, checkpoint=str(path)), "student", 10)
+    assert network.conv1.kernel_size == (7, 7)  # the kwarg, interpolated, reached the constructor
+    for name, value in saved.state_dict().items():
+        torch.testing.assert_close(network.state_dict()[name], value, msg=name)
+
+
+def test_network_errors_name_the_setting_and_the_fix(tmp_path):
+    with pytest.raises(ConfigError) as error:
+        build_network(_network_config(kwargs={"stem": "round"}), "student", 10)
+    assert str(error.value).startswith("student.arch=resnet8 with student.kwargs={'stem': 'round'}: ")
+    missing = tmp_path / "none.pth"
+    with pytest.raises(ConfigError) as error:
+        build_network(_network_config(checkpoint=str(missing)), "student", 10)
+    assert str(error.value).startswith(f"student.checkpoint={missing}: ")
+    unsafe = tmp_path / "unsafe.pth"
+    torch.save({"weights": print}, unsafe)  # a pickled callable: never executed
+    with pytest.raises(ConfigError) as error:
+        build_network(_network_config(checkpoint=str(unsafe)), "student", 10)
+    assert str(error.value).startswith(f"student.checkpoint={unsafe} was refused: ")
+    _, five = _saved(tmp_path, classes=5)
+    with pytest.raises(ConfigError) as error:
+        build_network(_network_config(checkpoint=str(five)), "student", 10)
+    assert str(error.value) == (
+        f"student.checkpoint={five} holds a resnet8 for 5 classes, but the data set has 10: the class count differs. "
+        "Fix: student.checkpoint=<a resnet8 trained on this data set>"
+    )
+    _, wider = _saved(tmp_path, arch="resnet8x4")
+    with pytest.raises(ConfigError) as error:
+        build_network(_network_config(checkpoint=str(wider)), "student", 10)
+    first, *_, last = str(error.value).splitlines()
+    assert first == f"student.checkpoint={wider} does not fit student.arch=resnet8 with 10 classes:"
+    assert last == "Fix: student.arch=<the file's architecture> or student.checkpoint=<a file for resnet8>"
+
+
+def test_a_user_network_with_another_class_count_is_refused_naming_the_data():
+    with pytest.raises(ConfigError) as error:
+        build_network(_network_config(arch="test_builders_units.ThreeClasses"), "student", 10)
+    assert str(error.value) == (
+        "student test_builders_units.ThreeClasses predicts 3 classes but data=Cifar100DataModule has 10: use a "
+        "student.checkpoint trained on this data set"
+    )
+
+
+def test_an_optimizer_or_scheduler_node_without_a_target_means_none():
+    assert _factory("scheduler", None) is None and _factory("scheduler", OmegaConf.create({"T_max": 3})) is None
+    factory = _factory("optimizer", OmegaConf.create({"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.1}))
+    optimizer = factory([nn.Parameter(torch.zeros(1))])
+    assert type(optimizer) is torch.optim.SGD and optimizer.defaults["lr"] == 0.1
+    with pytest.raises(ConfigError) as error:
+        _factory("scheduler", OmegaConf.create({"_target_": "sdd_lightning.losses.KDLoss", "temperature": -1}))
+    assert str(error.value) == (
+        "scheduler.temperature=-1: KDLoss: temperature must be > 0, got -1 (fix: scheduler.temperature=<a valid value>)"
     )
