@@ -59,8 +59,11 @@ def main() -> None:
         for statuses in by_file.values():
             print("\n".join(n for n, s in sorted(statuses.items()) if s not in DETECTED and n not in equivalent))
         return
-    print("| file | mutants | killed | timed out | equivalent | survived | no test ran it | not run | score |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print(
+        "| file | mutants | killed | timed out | equivalent | survived | no test ran it | not run | score "
+        "| score of those run |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
     totals: Counter[str] = Counter()
     missed = []
     for path, statuses in by_file.items():
@@ -79,11 +82,17 @@ def main() -> None:
         print("\n".join(missed))
 
 
+def _percent(part: int, whole: int) -> str:
+    return f"{100 * part / whole:.1f}%" if whole else "-"
+
+
 def _row(label: str, counts: Counter[str]) -> str:
+    """The score over every non-equivalent mutant, and over those that ran (an unfinished run leaves some out)."""
     counted = counts["mutants"] - counts["equivalent"]
-    score = f"{100 * sum(counts[s] for s in DETECTED) / counted:.1f}%" if counted else "-"
+    killed = sum(counts[s] for s in DETECTED)
     columns = ("mutants", "killed", "timeout", "equivalent", "survived", "no tests", "not checked")
-    return f"| {label} | " + " | ".join(str(counts[c]) for c in columns) + f" | {score} |"
+    scores = (_percent(killed, counted), _percent(killed, counted - counts["not checked"]))
+    return f"| {label} | " + " | ".join(str(counts[c]) for c in columns) + " | " + " | ".join(scores) + " |"
 
 
 if __name__ == "__main__":

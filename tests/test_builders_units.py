@@ -22,6 +22,7 @@ from sdd_lightning.builders import (
     check_config,
     config_error,
     expected_teacher_acc1,
+    instantiate_node,
     suggest,
 )
 from sdd_lightning.model_card import CARD_FORMAT
@@ -435,3 +436,11 @@ def test_an_optimizer_or_scheduler_node_without_a_target_means_none():
     assert str(error.value) == (
         "scheduler.temperature=-1: KDLoss: temperature must be > 0, got -1 (fix: scheduler.temperature=<a valid value>)"
     )
+
+
+def test_instantiate_node_passes_its_arguments_and_names_the_node_of_any_other_failure(tmp_path):
+    assert instantiate_node("x", OmegaConf.create({"_target_": "builtins.dict", "a": 1}), b=2) == {"a": 1, "b": 2}
+    missing = tmp_path / "none"
+    with pytest.raises(ConfigError) as error:
+        instantiate_node("data", OmegaConf.create({"_target_": "os.stat", "path": str(missing)}))
+    assert str(error.value).startswith("data: ") and str(missing) in str(error.value)

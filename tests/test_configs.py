@@ -166,3 +166,23 @@ def test_trainer_ddp_gives_the_student_syncbatchnorm(tmp_path):
     synced = trainer.strategy._layer_sync.apply(module)  # what DDPStrategy.setup applies
     norms = {type(m).__name__ for m in synced.model.modules() if "Norm" in type(m).__name__}
     assert norms == {"SyncBatchNorm"}
+
+
+def test_the_built_module_holds_the_runs_solver_switches_and_teacher_check(tmp_path):
+    switches = ["runtime.channels_last=true", "runtime.compile=true", "runtime.fold_teacher_bn=true"]
+    teacher = ["teacher.expected_acc1=0.7", "teacher.acc1_margin=0.05", "optimizer.lr=0.123"]
+    overrides = [*setting_overrides("cifar100/res32x4_res8x4/sd_kd"), *switches, *teacher]
+    _, _, module = _buildable(overrides, tmp_path)
+    assert module.channels_last and not any(isinstance(m, torch.nn.BatchNorm2d) for m in module.teacher.modules())
+    assert hasattr(module.student.forward_features, "_torchdynamo_orig_callable")
+    assert (module.teacher_expected_acc1, module.teacher_acc1_margin) == (0.7, 0.05)
+    optimizer = module.optimizer_factory([torch.nn.Parameter(torch.zeros(1))])
+    assert type(optimizer) is torch.optim.SGD and optimizer.defaults["lr"] == 0.123
+    scheduler = module.scheduler_factory(optimizer)
+    assert type(scheduler) is torch.optim.lr_scheduler.MultiStepLR and sorted(scheduler.milestones) == [150, 180, 210]
+    unchecked = _buildable([*overrides, "teacher.check=false"], tmp_path)[2]
+    assert unchecked.teacher_expected_acc1 is None
+    plain = _buildable(["distill=none", "student.arch=resnet8x4", "optimizer.lr=0.123", *switches], tmp_path)[2]
+    assert plain.channels_last and hasattr(plain.model.forward, "_torchdynamo_orig_callable")
+    optimizer = plain.optimizer_factory([torch.nn.Parameter(torch.zeros(1))])
+    assert optimizer.defaults["lr"] == 0.123 and type(plain.scheduler_factory(optimizer)) is type(scheduler)

@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sdd_lightning.heads import Pooling, ScaleDecoupledHead, num_regions
+from sdd_lightning.heads import Pooling, ScaleDecoupledHead, num_regions, validate_scales
 
 
 @pytest.fixture
@@ -142,3 +142,21 @@ def test_unknown_pooling_names_the_choices():
 def test_non_map_input_is_refused(classifier):
     with pytest.raises(ValueError, match=r"\(B, C, h, w\)"):
         ScaleDecoupledHead((1,))(torch.randn(2, 16), classifier)
+
+
+@pytest.mark.parametrize(
+    ("scales", "message"),
+    [
+        ("124", "scales must be a sequence of positive integers such as (1, 2, 4), got '124'"),
+        ([], "scales is empty: give at least one scale, e.g. scales=(1,) for the plain global head"),
+        (
+            (2, 1),
+            "scales must start with 1, got (2, 1): region 0 is the global region, which every other region is "
+            "compared with (e.g. scales=(1, 2, 4))",
+        ),
+    ],
+)
+def test_a_bad_scale_set_is_refused_saying_what_to_fix(scales, message):
+    with pytest.raises(ValueError) as error:
+        validate_scales(scales)
+    assert str(error.value) == message

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from conftest import SmallNet
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from sdd_lightning.losses import NKDLoss
+from sdd_lightning.losses import KDLoss, NKDLoss
 from sdd_lightning.module import ClassificationModule, DistillationModule, TeacherCheckError
 
 CLASSES = 10
@@ -380,3 +380,27 @@ def test_a_weight_that_is_not_a_finite_non_negative_number_is_refused_by_name(va
     with pytest.raises(ValueError) as error:
         DistillationModule(student, teacher, CLASSES, ce_weight=value)
     assert str(error.value) == f"ce_weight must be a finite number >= 0, got {value!r}"
+
+
+def test_a_distillation_modules_defaults_are_the_official_sd_kd_recipe():
+    teacher, student = _networks()
+    module = DistillationModule(student, teacher, CLASSES)
+    assert (module.ce_weight, module.kd_weight, module.warmup_epochs) == (0.1, 0.9, 0.0)
+    loss = module.distillation_loss
+    assert (loss.complementary_weight, loss.consistent_weight, loss.base) == (2.0, 1.0, KDLoss(temperature=4.0))
+    assert module.head.scales == (1, 2, 4) and module.teacher_acc1_margin == 0.01
+    assert not module.channels_last and any(isinstance(m, torch.nn.BatchNorm2d) for m in module.teacher.modules())
+
+
+def test_a_distillation_module_steps_its_scheduler(tmp_path):
+    teacher, student = _networks()
+    module = DistillationModule(
+        student,
+        teacher,
+        CLASSES,
+        optimizer=partial(torch.optim.SGD, lr=0.1),
+        scheduler=partial(torch.optim.lr_scheduler.StepLR, step_size=1, gamma=0.1),
+    )
+    trainer = _trainer(tmp_path, max_epochs=2, limit_val_batches=0)
+    trainer.fit(module, _loader(_data()))
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.001)
