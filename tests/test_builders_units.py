@@ -444,3 +444,14 @@ def test_instantiate_node_passes_its_arguments_and_names_the_node_of_any_other_f
     with pytest.raises(ConfigError) as error:
         instantiate_node("data", OmegaConf.create({"_target_": "os.stat", "path": str(missing)}))
     assert str(error.value).startswith("data: ") and str(missing) in str(error.value)
+
+
+def test_a_distill_target_that_cannot_be_imported_is_named():
+    with pytest.raises(ConfigError) as error:
+        check_config(_run_config(**{"distill._target_": "no_such_package.Module"}))
+    message = str(error.value)
+    assert message.startswith("distill._target_=no_such_package.Module cannot be imported (")
+    assert message.endswith(
+        "); give a LightningModule class, e.g. distill._target_=sdd_lightning.module.DistillationModule or your own "
+        "subclass (my_package.MyModule)"
+    )

@@ -390,6 +390,35 @@ def test_a_distillation_modules_defaults_are_the_official_sd_kd_recipe():
     assert (loss.complementary_weight, loss.consistent_weight, loss.base) == (2.0, 1.0, KDLoss(temperature=4.0))
     assert module.head.scales == (1, 2, 4) and module.teacher_acc1_margin == 0.01
     assert not module.channels_last and any(isinstance(m, torch.nn.BatchNorm2d) for m in module.teacher.modules())
+    assert not hasattr(student.forward_features, "_torchdynamo_orig_callable")
+    assert float(module.teacher_acc1) == -1 and (module.teacher_local_acc1 == -1).all()  # -1: not measured yet
+    assert "region_scale" not in module.state_dict()  # derived from the scales: not a checkpoint key
+    assert not ClassificationModule(SmallNet(), CLASSES).channels_last
+    assert DistillationModule(student, teacher, CLASSES, channels_last=True).channels_last
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (
+            {"ce_weight": 0, "kd_weight": 0},
+            "ce_weight and kd_weight are both 0: nothing would be trained; give one a weight > 0",
+        ),
+        ({"teacher_expected_acc1": -0.5}, "teacher_expected_acc1 must be a finite number >= 0, got -0.5"),
+        ({"teacher_acc1_margin": float("inf")}, "teacher_acc1_margin must be a finite number >= 0, got inf"),
+    ],
+)
+def test_distillation_settings_are_refused_by_name(kwargs, message):
+    teacher, student = _networks()
+    with pytest.raises(ValueError) as error:
+        DistillationModule(student, teacher, CLASSES, **kwargs)
+    assert str(error.value) == message
+
+
+def test_either_weight_alone_may_be_zero():
+    teacher, student = _networks()
+    assert DistillationModule(student, teacher, CLASSES, ce_weight=0, kd_weight=1).kd_weight == 1.0
+    assert DistillationModule(student, teacher, CLASSES, ce_weight=1, kd_weight=0).ce_weight == 1.0
 
 
 def test_a_distillation_module_steps_its_scheduler(tmp_path):
