@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import lightning as L
 import pytest
 import torch
 from torch import nn
@@ -38,3 +39,17 @@ class SmallNet(nn.Module):
 def small_net():
     """Factory for ``SmallNet`` instances."""
     return SmallNet
+
+
+def quiet_trainer(tmp_path, **kwargs) -> L.Trainer:
+    """A one-epoch CPU ``Trainer`` that writes no logs, checkpoints, progress bar or summary; ``kwargs`` override."""
+    defaults = dict(
+        default_root_dir=tmp_path,
+        max_epochs=1,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    return L.Trainer(**(defaults | kwargs))

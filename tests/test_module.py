@@ -1,8 +1,7 @@
-import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import SmallNet
+from conftest import SmallNet, quiet_trainer
 from torch.utils.data import DataLoader, TensorDataset
 
 from sdd_lightning.losses import KDLoss, kd_loss
@@ -16,16 +15,7 @@ def _loader(n=32, classes=10, batch=8, seed=0):
 
 
 def _trainer(tmp_path, **kwargs):
-    defaults = dict(
-        default_root_dir=tmp_path,
-        max_epochs=1,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    return L.Trainer(**(defaults | kwargs))
+    return quiet_trainer(tmp_path, **kwargs)
 
 
 def _distiller(**kwargs):

@@ -13,7 +13,7 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import SmallNet
+from conftest import SmallNet, quiet_trainer
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from sdd_lightning.losses import KDLoss, NKDLoss
@@ -33,17 +33,7 @@ def _loader(dataset, batch=16) -> DataLoader:
 
 
 def _trainer(tmp_path, **kwargs) -> L.Trainer:
-    defaults = dict(
-        default_root_dir=tmp_path,
-        max_epochs=1,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-    )
-    return L.Trainer(**(defaults | kwargs))
+    return quiet_trainer(tmp_path, **({"num_sanity_val_steps": 0} | kwargs))
 
 
 def _networks():
@@ -348,14 +338,17 @@ def test_two_validation_loaders_both_count_in_the_teacher_measured_before_traini
     assert float(module.teacher_acc1) == pytest.approx(float((global_logits.argmax(-1) == y).float().mean()))
 
 
-def test_the_scheduler_steps_once_per_epoch(tmp_path):
+@pytest.mark.parametrize("distilling", [False, True])
+def test_the_scheduler_steps_once_per_epoch(tmp_path, distilling):
     torch.manual_seed(0)
-    module = ClassificationModule(
-        SmallNet(),
-        CLASSES,
-        optimizer=partial(torch.optim.SGD, lr=0.1),
-        scheduler=partial(torch.optim.lr_scheduler.StepLR, step_size=1, gamma=0.1),
-    )
+    solver = {
+        "optimizer": partial(torch.optim.SGD, lr=0.1),
+        "scheduler": partial(torch.optim.lr_scheduler.StepLR, step_size=1, gamma=0.1),
+    }
+    if distilling:  # the distillation module hands the scheduler on to its parent
+        module = DistillationModule(*reversed(_networks()), CLASSES, **solver)
+    else:
+        module = ClassificationModule(SmallNet(), CLASSES, **solver)
     trainer = _trainer(tmp_path, max_epochs=2, limit_val_batches=0)
     trainer.fit(module, _loader(_data()))
     assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.001)
@@ -419,17 +412,3 @@ def test_either_weight_alone_may_be_zero():
     teacher, student = _networks()
     assert DistillationModule(student, teacher, CLASSES, ce_weight=0, kd_weight=1).kd_weight == 1.0
     assert DistillationModule(student, teacher, CLASSES, ce_weight=1, kd_weight=0).ce_weight == 1.0
-
-
-def test_a_distillation_module_steps_its_scheduler(tmp_path):
-    teacher, student = _networks()
-    module = DistillationModule(
-        student,
-        teacher,
-        CLASSES,
-        optimizer=partial(torch.optim.SGD, lr=0.1),
-        scheduler=partial(torch.optim.lr_scheduler.StepLR, step_size=1, gamma=0.1),
-    )
-    trainer = _trainer(tmp_path, max_epochs=2, limit_val_batches=0)
-    trainer.fit(module, _loader(_data()))
-    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.001)
