@@ -57,7 +57,8 @@ def main() -> None:
     equivalent = equivalent_mutants(args.equivalents)
     if args.names:
         for statuses in by_file.values():
-            print("\n".join(n for n, s in sorted(statuses.items()) if s not in DETECTED and n not in equivalent))
+            for name, _ in _missed(statuses, equivalent):
+                print(name)
         return
     print(
         "| file | mutants | killed | timed out | equivalent | survived | no test ran it | not run | score "
@@ -70,16 +71,17 @@ def main() -> None:
         counts = Counter("equivalent" if name in equivalent else status for name, status in statuses.items())
         counts["mutants"] = len(statuses)
         totals.update(counts)
-        missed += [
-            f"{status:>14}  {name}"
-            for name, status in sorted(statuses.items())
-            if status not in DETECTED and name not in equivalent
-        ]
+        missed += [f"{status:>14}  {name}" for name, status in _missed(statuses, equivalent)]
         print(_row(path, counts))
     print(_row("**all**", totals))
     if missed:
         print("\nStill counted against the score:")
         print("\n".join(missed))
+
+
+def _missed(statuses: dict[str, str], equivalent: set[str]) -> list[tuple[str, str]]:
+    """(name, status) of the mutants that count against the score: neither killed nor equivalent."""
+    return [(n, s) for n, s in sorted(statuses.items()) if s not in DETECTED and n not in equivalent]
 
 
 def _percent(part: int, whole: int) -> str:
