@@ -13,7 +13,8 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+from sdd_lightning.catalog import CONF_DIR
+
 
 # A test-sized run: tiny networks, a small synthetic set, one CPU process, no progress bar.
 TINY = [

@@ -34,7 +34,7 @@ __all__ = [
     "unknown_group_option",
 ]
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+CONF_DIR = Path(__file__).resolve().parent / "conf"
 PUBLISHED_FILE = CONF_DIR / "published.yaml"
 PUBLISHED_METRIC = "best"
 """Which epoch the paper's numbers are: the best test top-1 of all epochs, as the official trainer reports."""

@@ -36,6 +36,8 @@ def versions() -> dict[str, str]:
 
 def git_commit() -> str | None:
     """The project's commit (with ``+dirty`` when the tree has changes), or ``None`` outside a checkout."""
+    if not (PROJECT_ROOT / "src" / "sdd_lightning").is_dir():
+        return None  # an installed package: the folders above it are not this project's checkout
     try:
         commit = subprocess.run(
             ["git", "-C", str(PROJECT_ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True

@@ -23,7 +23,8 @@ from sdd_lightning.catalog import CONF_DIR, compose_setting, published
 
 __all__ = ["COLUMNS", "main", "recipe_rows", "render"]
 
-TABLE_PATH = CONF_DIR.parent / "docs" / "recipes.md"
+# docs/ of a source checkout (the table is regenerated there, not in an installed package)
+TABLE_PATH = Path(__file__).resolve().parents[2] / "docs" / "recipes.md"
 
 COLUMNS = (
     "setting",

@@ -29,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 
+from sdd_lightning.catalog import CONF_DIR
 from sdd_lightning.data import DatasetError
 from sdd_lightning.model_card import find_model_card
 from sdd_lightning.models import (
@@ -59,7 +60,6 @@ __all__ = [
     "split_loader",
 ]
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 RUN_CONFIG = "config_resolved.yaml"
 SPLITS = ("test", "val", "train")
 USER_ERRORS = (
