@@ -1,71 +1,135 @@
-"""``make train``: the quickstart on the built-in synthetic data set, a few minutes on a laptop CPU.
+"""``make train``: the quickstart on the built-in synthetic data set, about four minutes on 2 idle CPU cores.
 
 1. trains a small teacher (``small_cnn``) without distillation;
-2. distils it into ``tiny_cnn`` with plain KD;
-3. distils it into the same ``tiny_cnn`` with SD-KD (M = {1, 2, 4}), same seed and budget;
-then prints teacher, KD and SD-KD top-1 with their times. Each step is an ordinary ``sdd-train`` run
-(``experiment=quickstart/...``) whose folder holds its logs, checkpoints and results.json.
+2. distils it into ``tiny_cnn`` with plain KD and with SD-KD (M = {1, 2, 4}), same budget, over three seeds
+   (one ``sdd-train -m`` sweep);
+then prints the teacher's top-1 and the students' mean ± std over the seeds, and SD-KD's lead over KD seed by
+seed, so that a reader can see whether the lead is larger than the spread. Each step is an ordinary
+``sdd-train`` run (``experiment=quickstart/...``) whose folder holds its logs, checkpoints and results.json;
+the table goes to ``<out>/quickstart.md``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-__all__ = ["main"]
+__all__ = ["main", "run_quickstart", "table"]
 
-STEPS = (
-    ("teacher", "quickstart/teacher", "teacher (small_cnn)"),
+TEACHER = ("teacher", "quickstart/teacher", "teacher (small_cnn)")
+STUDENTS = (
     ("kd", "quickstart/kd", "KD student (tiny_cnn)"),
-    ("sd_kd", "quickstart/sd_kd", "SD-KD student (tiny_cnn)"),
+    ("sd_kd", "quickstart/sd_kd", "SD-KD student (tiny_cnn, M = {1, 2, 4})"),
 )
+SEEDS = (0, 1, 2)
+TABLE_FILE = "quickstart.md"
 
 
-def _run(step: str, experiment: str, out: Path, overrides: list[str]) -> dict:
-    run_dir = out / step
-    command = [sys.executable, "-m", "sdd_lightning.train", f"experiment={experiment}", f"hydra.run.dir={run_dir}"]
-    print(f"\n=== {step}: sdd-train experiment={experiment} {' '.join(overrides)}", flush=True)
-    subprocess.run([*command, *overrides], check=True)
+class QuickstartError(RuntimeError):
+    """A step of the quickstart failed; its own message is already on the console."""
+
+
+def _sdd_train(args: list[str]) -> None:
+    command = [sys.executable, "-m", "sdd_lightning.train", *args]
+    print(f"\n=== sdd-train {' '.join(args)}", flush=True)
+    if subprocess.run(command).returncode != 0:
+        raise QuickstartError(f"sdd-train {' '.join(args)} failed (its message is above)")
+
+
+def _results(run_dir: Path) -> dict:
     return json.loads((run_dir / "results.json").read_text())
 
 
-def table(results: dict[str, dict]) -> str:
-    """The comparison as a markdown table (top-1 in percent)."""
-    lines = ["| model | best top-1 (%) | final top-1 (%) | epochs | time (s) |", "|---|---|---|---|---|"]
-    for step, _, label in STEPS:
-        r = results[step]
+def run_quickstart(out: Path, overrides: list[str], seeds: tuple[int, ...] = SEEDS) -> dict[str, list[dict]]:
+    """Runs the teacher, then one sweep of both students over ``seeds``; returns every run's results.json."""
+    _sdd_train([f"experiment={TEACHER[1]}", f"hydra.run.dir={out / 'teacher'}", *overrides])
+    teacher = _results(out / "teacher")
+    checkpoint = teacher["best_checkpoint"] or str(out / "teacher" / "checkpoints" / "last.ckpt")
+    experiments = ",".join(experiment for _, experiment, _ in STUDENTS)
+    _sdd_train(
+        [
+            "-m",
+            f"experiment={experiments}",
+            f"seed={','.join(str(s) for s in seeds)}",
+            f"teacher.checkpoint={checkpoint}",
+            f"hydra.sweep.dir={out / 'students'}",
+            *overrides,
+        ]
+    )
+    runs: dict[str, list[dict]] = {"teacher": [teacher], **{step: [] for step, _, _ in STUDENTS}}
+    for job in sorted((out / "students").glob("*/results.json"), key=lambda p: int(p.parent.name)):
+        results = json.loads(job.read_text())
+        runs[results["distill"]].append(results)
+    for step in runs:
+        runs[step].sort(key=lambda r: r["seed"])
+    return runs
+
+
+def _mean_std(values: list[float]) -> str:
+    mean = statistics.fmean(values)
+    return f"{mean:.2f}" if len(values) < 2 else f"{mean:.2f} ± {statistics.stdev(values):.2f}"
+
+
+def table(runs: dict[str, list[dict]]) -> str:
+    """The comparison as a markdown table: top-1 in percent, mean ± sample std over the seeds."""
+    lines = [
+        "| model | seeds | best top-1 (%) | final top-1 (%) | epochs | time per run (s) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for step, _, label in (TEACHER, *STUDENTS):
+        rs = runs[step]
         lines.append(
-            f"| {label} | {100 * r['val/acc1_best']:.2f} | {100 * r['val/acc1']:.2f} | {r['epochs']} "
-            f"| {r['wall_time_s']:.0f} |"
+            f"| {label} | {','.join(str(r['seed']) for r in rs)} "
+            f"| {_mean_std([100 * r['val/acc1_best'] for r in rs])} | {_mean_std([100 * r['val/acc1'] for r in rs])} "
+            f"| {rs[0]['epochs']} | {statistics.fmean(r['wall_time_s'] for r in rs):.0f} |"
         )
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> dict[str, dict]:
-    """Runs the three steps; extra ``key=value`` arguments are passed to every run as overrides."""
+def verdict(runs: dict[str, list[dict]]) -> str:
+    """SD-KD's lead over KD seed by seed (same seed, same draws), and whether it exceeds the seeds' spread."""
+    kd = {r["seed"]: r["val/acc1_best"] for r in runs["kd"]}
+    sd = {r["seed"]: r["val/acc1_best"] for r in runs["sd_kd"]}
+    leads = [100 * (sd[s] - kd[s]) for s in sorted(kd.keys() & sd.keys())]
+    per_seed = ", ".join(f"{lead:+.2f}" for lead in leads)
+    if len(leads) < 2:
+        return f"SD-KD - KD (best top-1): {per_seed} points on one seed: a demonstration, not a measurement."
+    mean, std = statistics.fmean(leads), statistics.stdev(leads)
+    if all(lead > 0 for lead in leads) and mean > 2 * std:
+        judged = "SD-KD leads in every seed, by more than twice the spread"
+    elif all(lead > 0 for lead in leads):
+        judged = "SD-KD leads in every seed, but not by twice the spread"
+    else:
+        judged = "SD-KD does not lead in every seed: the difference is within the noise here"
+    return f"SD-KD - KD (best top-1), per seed: {per_seed} points; mean {mean:+.2f} ± {std:.2f}. {judged}."
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs the quickstart; extra ``key=value`` arguments are passed to every run as overrides."""
     parser = argparse.ArgumentParser(prog="sdd-quickstart", description=__doc__.splitlines()[0])
     stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
     parser.add_argument("--out", type=Path, default=Path("outputs/quickstart") / stamp, help="folder for the runs")
-    parser.add_argument("overrides", nargs="*", help="Hydra overrides for every run, e.g. seed=1")
+    parser.add_argument("--seeds", default=",".join(str(s) for s in SEEDS), help="students' seeds (default: 0,1,2)")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides for every run, e.g. epochs=3")
     args = parser.parse_args(argv)
+    seeds = tuple(int(s) for s in args.seeds.split(","))
     start = time.perf_counter()
-    results = {"teacher": _run("teacher", "quickstart/teacher", args.out, args.overrides)}
-    teacher_ckpt = results["teacher"]["best_checkpoint"] or str(args.out / "teacher" / "checkpoints" / "last.ckpt")
-    for step, experiment, _ in STEPS[1:]:
-        results[step] = _run(step, experiment, args.out, [f"teacher.checkpoint={teacher_ckpt}", *args.overrides])
-    report = table(results)
-    kd, sd = results["kd"]["val/acc1_best"], results["sd_kd"]["val/acc1_best"]
-    verdict = "SD-KD beats KD" if sd > kd else "SD-KD does not beat KD"
-    print(f"\n{report}")
-    print(f"\n{verdict} here by {100 * (sd - kd):+.2f} points (one seed: a demonstration, not a benchmark).")
+    try:
+        runs = run_quickstart(args.out.absolute(), args.overrides, seeds)
+    except QuickstartError as error:
+        print(f"sdd-quickstart: {error}", file=sys.stderr)
+        return 1
+    report = table(runs)
+    print(f"\n{report}\n\n{verdict(runs)}")
     print(f"Total time: {time.perf_counter() - start:.0f} s. Runs, logs and checkpoints: {args.out}/")
-    (args.out / "summary.md").write_text(report + "\n")
-    return results
+    (args.out / TABLE_FILE).write_text(f"{report}\n\n{verdict(runs)}\n")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -197,11 +197,12 @@ def main(cfg: DictConfig) -> float | None:
 def cli() -> None:
     """``sdd-train``: names the closest options of a mistyped group option, then runs the Hydra app.
 
-    (Hydra's own message for an unknown option lists every option; with a user's own ``hydra.searchpath`` the
-    options it adds are not known here, so the check is left to Hydra.)
+    (Hydra's own message for an unknown option lists every option; with a user's own config folder
+    (``hydra.searchpath``, ``--config-dir``) the options it adds are not known here, so the check is left to Hydra.)
     """
     args = sys.argv[1:]
-    if not any(arg.startswith(("hydra.searchpath", "+hydra.searchpath")) for arg in args):
+    user_configs = ("hydra.searchpath", "+hydra.searchpath", "--config-dir", "-cd", "--config-path", "-cp")
+    if not any(arg.startswith(user_configs) for arg in args):
         message = unknown_group_option(args)
         if message:
             print(f"sdd-train: {message}", file=sys.stderr)
