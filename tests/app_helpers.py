@@ -15,7 +15,6 @@ from omegaconf import DictConfig, open_dict
 
 from sdd_lightning.catalog import CONF_DIR
 
-
 # A test-sized run: tiny networks, a small synthetic set, one CPU process, no progress bar.
 TINY = [
     "data=synthetic",
