@@ -358,7 +358,7 @@ def _recipe_rows(card: Mapping[str, Any]) -> list[tuple[str, str]]:
     method, recipe, teacher = card["method"], card.get("recipe"), card["teacher"]
     settings = (method or {}).get("settings") or {}
     loss = settings.get("loss") or {}
-    rows = [("method", (method or {}).get("title") or "unknown")]
+    rows = [("method", _method_title((method or {}).get("name")))]  # cards of earlier versions have no title
     if teacher:
         rows.append(("teacher -> student", f"{teacher['arch']} -> {card['architecture']['arch']}"))
     if "temperature" in loss:
@@ -420,7 +420,7 @@ def render_markdown(card: Mapping[str, Any]) -> str:
         f"| data set | {data['name'].removesuffix('DataModule')}, {arch['num_classes']} classes |",
         f"| top-1 / top-5 (%) | {_percent(accuracy and accuracy['acc1'])} / {_percent(accuracy and accuracy['acc5'])}"
         f"{measured} |",
-        f"| method | {card['method']['title'].split(':')[0] if card['method'] else 'unknown'} |",
+        f"| method | {_method_title(card['method']['name']).split(':')[0] if card['method'] else 'unknown'} |",
         f"| teacher | {teacher_text} |",
         f"| trained with | `{training['command'] or 'unknown'}` |",
         f"| exported with | `{card['export']['command']}` ({card['export']['dtype']}) |",
