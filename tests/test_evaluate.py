@@ -6,19 +6,24 @@ import argparse
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
+import yaml
 from app_helpers import TINY, compose_config, read_results
+from fault_helpers import app_env
 from fixtures_data import write_image_folder
+from omegaconf import OmegaConf
 from safetensors.torch import save_file
 from torch import nn
 
-from sdd_lightning.evaluate import evaluate_networks, main
+from sdd_lightning.evaluate import _default_regions, evaluate_command, evaluate_networks, main
 from sdd_lightning.heads import ScaleDecoupledHead
 from sdd_lightning.models import build_model
 from sdd_lightning.models.checkpoints import extract_state_dict, read_checkpoint
@@ -44,14 +49,12 @@ def best_checkpoint(run_dir: Path) -> Path:
 
 
 def evaluate(args: list, tmp_path: Path) -> dict:
-    return main([*map(str, args), "--output", str(tmp_path / "report.json")])
+    return evaluate_command([*map(str, args), "--output", str(tmp_path / "report.json")])
 
 
 def failure(args: list, capsys) -> str:
     """The one message sdd-eval prints for bad input (exit status 2)."""
-    with pytest.raises(SystemExit) as exit_info:
-        main([str(a) for a in args])
-    assert exit_info.value.code == 2
+    assert main([str(a) for a in args]) == 2
     err = capsys.readouterr().err
     assert err.startswith("sdd-eval: error: ") and "Traceback" not in err
     return err
@@ -74,7 +77,7 @@ def test_top1_equals_what_the_training_run_recorded(runs, role, tmp_path):
 
 
 def test_run_folder_means_its_best_checkpoint_and_the_report_goes_into_it(runs):
-    report = main([str(runs["student"])])
+    report = evaluate_command([str(runs["student"])])
     assert Path(report["checkpoint"]).name.startswith("best-")
     assert Path(report["per_class_csv"]).parent == runs["student"] / "eval"
 
@@ -96,6 +99,22 @@ def test_regions_report_both_networks(runs, tmp_path):
         assert network["acc1_by_scale"]["1"] == network["acc1"]  # region 0 is the global prediction
         assert set(network["complementary_fraction"]) == {"correctness", "agreement"}
         assert all(0.0 <= value <= 1.0 for value in network["complementary_fraction"].values())
+
+
+def test_regions_default_to_the_scales_the_run_trained_with(runs, tmp_path):
+    """distill.scales, not the pair's SD scale set (a run trained on {1, 2} of a pair whose SD set is {1, 2, 4})."""
+    run = shutil.copytree(runs["student"], tmp_path / "run")
+    config = yaml.safe_load((run / "config_resolved.yaml").read_text())
+    config["distill"]["scales"] = [1, 2]
+    assert config["pair_settings"]["sd_scales"] == [1, 2, 4]
+    (run / "config_resolved.yaml").write_text(yaml.safe_dump(config))
+    assert evaluate([run, "--regions"], tmp_path)["regions"]["scales"] == [1, 2]
+    # a run without local terms (plain KD: [1]) is measured on its pair's SD scale set
+    kd = OmegaConf.create(
+        {"distill": {"scales": [1], "pooling": "hierarchical"}, "pair_settings": {"sd_scales": [1, 2]}}
+    )
+    assert _default_regions(SimpleNamespace(config=kd)) == ((1, 2), "hierarchical")
+    assert _default_regions(None) == ((1, 2, 4), "exact")
 
 
 class MapAsInput(nn.Module):
@@ -189,15 +208,28 @@ def test_bad_inputs_give_one_clear_message(runs, tmp_path, capsys):
     assert "distill=none checkpoint: it has no teacher" in err
 
 
-def test_module_entry_point_fails_without_a_traceback(runs, tmp_path):
-    """``python -m sdd_lightning.evaluate`` on random bytes: exit status 2 and one line that says what is wrong."""
-    env = os.environ | {"PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+def test_console_script_fails_without_a_traceback(runs, tmp_path):
+    """As the generated ``sdd-eval`` wrapper runs it (``sys.exit(main())``), on random bytes: exit status 2 and one
+    line that says what is wrong; with ``SDD_DEBUG=1`` the traceback instead."""
     path = damaged(tmp_path, runs)["random"]
-    command = [sys.executable, "-m", "sdd_lightning.evaluate", str(path), "--arch", "small_cnn", *SYNTHETIC]
-    bad = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    wrapper = "import sys; from sdd_lightning.evaluate import main; sys.exit(main())"
+    command = [sys.executable, "-c", wrapper, str(path), "--arch", "small_cnn", *SYNTHETIC]
+    bad = subprocess.run(command, capture_output=True, text=True, env=app_env(), timeout=300)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and not bad.stdout
     assert bad.stderr.startswith("sdd-eval: error: checkpoint") and "not a PyTorch checkpoint" in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_debug_shows_the_traceback_and_an_unwritable_report_is_one_message(runs, tmp_path, capsys, monkeypatch):
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    assert main([str(best_checkpoint(runs["teacher"])), "--output", str(blocked / "report.json")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"sdd-eval: error: cannot write {blocked}") and "--output FILE" in err
+    assert len(err.splitlines()) == 2 and "Traceback" not in err
+    monkeypatch.setenv("SDD_DEBUG", "1")
+    with pytest.raises(Exception, match="does not exist"):
+        main([str(tmp_path / "absent.pth"), "--arch", "small_cnn", *SYNTHETIC])
 
 
 def test_torchvision_weights(tmp_path, monkeypatch):

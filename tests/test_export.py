@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 from app_helpers import TINY, compose_config, read_results
+from fault_helpers import app_env
 from safetensors import safe_open
 
-from sdd_lightning.evaluate import main as sdd_eval
+from sdd_lightning.evaluate import evaluate_command
 from sdd_lightning.export import export_student, main
 from sdd_lightning.model_card import read_model_card
 from sdd_lightning.models import build_model, load_weights
@@ -98,18 +103,110 @@ def test_fp16_export_is_half_precision_and_close(run, tmp_path, images):
 
 def test_sdd_eval_reads_the_card_beside_exported_weights(fp32, tmp_path):
     card = read_model_card(fp32.with_suffix(".pth"))
-    report = sdd_eval([str(fp32.with_suffix(".pth")), "--output", str(tmp_path / "report.json")])
+    report = evaluate_command([str(fp32.with_suffix(".pth")), "--output", str(tmp_path / "report.json")])
     assert report["acc1"] == card["accuracy"]["acc1"] and report["arch"] == "tiny_cnn"
 
 
 def test_command_line_and_bad_input(run, tmp_path, capsys):
-    main([str(run / "checkpoints" / "last.ckpt"), "--output-dir", str(tmp_path), "--name", "student", "--no-measure"])
+    code = main(
+        [str(run / "checkpoints" / "last.ckpt"), "--output-dir", str(tmp_path), "--name", "student", "--no-measure"]
+    )
     out = capsys.readouterr().out
-    assert "student.safetensors  sha256 " in out and "accuracy not measured" in out
+    assert code == 0 and "student.safetensors  sha256 " in out and "accuracy not measured" in out
     assert read_model_card(tmp_path / "student.safetensors")["training"]["checkpoint"].endswith("last.ckpt")
-    with pytest.raises(SystemExit) as exit_info:
-        main([str(tmp_path / "no_run"), "--output-dir", str(tmp_path)])
+    assert main([str(tmp_path / "no_run"), "--output-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert exit_info.value.code == 2 and err.startswith("sdd-export: error: ") and "does not exist" in err
+    assert err.startswith("sdd-export: error: ") and "does not exist" in err
     with pytest.raises(FileNotFoundError, match=r"no model card .*other\.pth"):
         read_model_card(tmp_path / "other.pth")
+
+
+def test_two_exports_are_byte_identical_and_follow_the_umask(run, fp32, tmp_path):
+    """The same checkpoint exported again (under another umask, into another folder) gives the same bytes."""
+    old_umask = os.umask(0o027)
+    try:
+        again = export_student(run, output_dir=tmp_path, command="sdd-export <run>")
+    finally:
+        os.umask(old_umask)
+    names = sorted(path.name for path in fp32.parent.iterdir())
+    assert names == sorted(path.name for path in tmp_path.iterdir())  # no temporary left behind
+    assert {Path(name).suffix for name in names} == {".pth", ".safetensors", ".json", ".md"}
+    for name in names:
+        assert (fp32.parent / name).read_bytes() == (again.parent / name).read_bytes(), name
+        assert (fp32.parent / name).stat().st_mode & 0o777 == 0o666 & ~old_umask, name
+        assert (again.parent / name).stat().st_mode & 0o777 == 0o640, name
+
+
+def test_model_card_gives_the_recipe_in_words(fp32):
+    markdown, card = fp32.with_suffix(".md").read_text(), read_model_card(fp32.with_suffix(".pth"))
+    assert not any(
+        word in text for text in (markdown, json.dumps(card["method"])) for word in ("_target_", "_partial_")
+    )
+    assert "${" not in markdown and "sdd_lightning.module" not in markdown and "DataModule" not in markdown
+    for row in (
+        "| method | SD-KD: scale decoupled distillation",
+        "| teacher -> student | small_cnn -> tiny_cnn |",
+        "| temperature T | 4 |",
+        "| loss weights | cross-entropy 0.1, distillation 0.9 |",
+        "| scales M | {1, 2, 4} (grid sides of the regions) |",
+        "| beta (weight of complementary regions) | 2 (consistent regions: 1; consistency by correctness",
+        "| epochs | 1 |",
+        "| batch size | 64 |",
+        "| learning rate | 0.05 (SGD, momentum 0.9, weight decay 0.0005), x0.1 at epochs 150, 180, 210 |",
+    ):
+        assert row in markdown, row
+    assert card["recipe"] | {"epochs": 1, "batch_size": 64, "lr": 0.05} == card["recipe"]
+    assert card["method"]["settings"]["loss"] == {"temperature": 4.0}
+
+
+def denied_in(folder: Path):
+    """``os.open`` refusing new files in ``folder``, as a folder without write permission does for a non-root user."""
+    real_open = os.open
+
+    def refuse(path, *args, **kwargs):
+        if Path(path).parent == folder:
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
+
+    return refuse
+
+
+@pytest.mark.parametrize("problem", ["read-only folder", "file in the way", "full disk"])
+def test_an_unwritable_output_folder_is_one_short_message(run, tmp_path, capsys, monkeypatch, problem):
+    folder = tmp_path / "ship"
+    folder.mkdir()
+    (folder / "student.pth").write_bytes(b"an earlier export")
+    if problem == "read-only folder":
+        if os.geteuid() == 0:  # root writes into a folder whatever its mode
+            monkeypatch.setattr(os, "open", denied_in(folder))
+        else:
+            folder.chmod(0o500)
+    elif problem == "file in the way":
+        folder = folder / "student.pth" / "export"
+    else:
+
+        def full_disk(fd):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        monkeypatch.setattr(os, "fsync", full_disk)
+    code = main([str(run), "--output-dir", str(folder), "--name", "student", "--no-measure"])
+    tmp_path.joinpath("ship").chmod(0o700)
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err and len(err.splitlines()) == 2, err
+    assert err.startswith(f"sdd-export: error: cannot write {folder}") and "--output-dir DIR" in err
+    assert ("free some space" in err) == (problem == "full disk")
+    # nothing half-written, no temporary left, the earlier file untouched
+    assert sorted(p.name for p in (tmp_path / "ship").iterdir()) == ["student.pth"]
+    assert (tmp_path / "ship" / "student.pth").read_bytes() == b"an earlier export"
+    monkeypatch.setenv("SDD_DEBUG", "1")  # the full traceback instead
+    with pytest.raises(Exception, match="cannot write"):
+        main([str(run), "--output-dir", str(folder), "--name", "student", "--no-measure"])
+
+
+def test_console_script_exits_0_and_prints_only_its_result(run, tmp_path):
+    """As the generated ``sdd-export`` wrapper runs it: ``sys.exit(main())``."""
+    command = "import sys; from sdd_lightning.export import main; sys.exit(main())"
+    args = [str(run), "--output-dir", str(tmp_path), "--no-measure"]
+    done = subprocess.run([sys.executable, "-c", command, *args], capture_output=True, text=True, env=app_env())
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    assert done.stdout.count("sha256") == 2 and "accuracy not measured" in done.stdout

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import csv
+import errno
 import json
+import os
 import statistics
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from fault_helpers import app_env
 
-from sdd_lightning.summary import PRESENTATION_OVERRIDES, collect, main, read_curve, summarize
+from sdd_lightning.summary import MARKER, PRESENTATION_OVERRIDES, SummaryError, collect, main, read_curve, summarize
 
 SD_KD = "cifar100/res32x4_shv1/sd_kd"
 KD = "cifar100/res32x4_shv1/kd"
@@ -133,10 +137,10 @@ def test_rows_give_best_and_last_mean_std_over_finished_seeds_only(sweep):
 
 
 def test_table_csv_warnings_and_figures(sweep, capsys):
-    main([str(sweep)])
+    assert main([str(sweep)]) == 0
     out, err = capsys.readouterr()
-    table = (sweep / "summary.md").read_text()
-    assert table in out
+    marker, table = (sweep / "summary.md").read_text().split("\n", 1)
+    assert marker == MARKER and table in out
     sd_kd_line = next(line for line in table.splitlines() if line.startswith(f"| {SD_KD} |"))
     cells = [c.strip() for c in sd_kd_line.strip("|").split("|")]
     assert cells[1:9] == [
@@ -226,10 +230,14 @@ def test_without_matplotlib_the_figures_are_skipped_with_a_notice(sweep, tmp_pat
     assert (tmp_path / "out" / "summary.md").is_file() and not list((tmp_path / "out").glob("*.png"))
 
 
-def test_bad_folders_are_refused_by_name(tmp_path):
-    with pytest.raises(SystemExit, match="not a folder"):
-        main([str(tmp_path / "missing")])
-    with pytest.raises(SystemExit, match="no run folder"):
+def test_bad_folders_are_refused_by_name(tmp_path, capsys, monkeypatch):
+    assert main([str(tmp_path / "missing")]) == 2
+    assert "not a folder" in capsys.readouterr().err
+    assert main([str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "no run folder" in err and len(err.splitlines()) == 2
+    monkeypatch.setenv("SDD_DEBUG", "1")  # the traceback instead
+    with pytest.raises(SummaryError, match="no run folder"):
         main([str(tmp_path)])
 
 
@@ -238,3 +246,91 @@ def test_a_seed_counted_twice_is_warned_about(tmp_path, capsys):
     write_run(tmp_path / "sweep2" / "0", seed=0)
     main([str(tmp_path)])
     assert f"{SD_KD}: seed 0 counted more than once" in capsys.readouterr().err
+
+
+def finished_sweep(root: Path, seeds: int = 3) -> Path:
+    for seed in range(seeds):
+        write_run(root / str(seed), seed=seed, overrides=("pair=cifar100/res32x4_shv1", "distill=sd_kd"))
+    return root
+
+
+def test_failed_and_diverged_jobs_are_listed_below_the_table_not_averaged(tmp_path, capsys):
+    """A failed job's results.json holds only its status, overrides and error: its sweep's runs name its setting."""
+    sweep = finished_sweep(tmp_path / "sweep", seeds=2)
+    overrides = ["pair=cifar100/res32x4_shv1", "distill=sd_kd"]
+    (sweep / "2").mkdir()
+    diverged = {"status": "diverged", "overrides": [*overrides, "seed=2"], "error": "sdd-train: the loss is nan"}
+    (sweep / "2" / "results.json").write_text(json.dumps(diverged | {"seed": 2, "val/acc1": 0.01}))
+    (sweep / "3").mkdir()
+    error = "sdd-train: configuration error: distill.beta=-1 must be positive\n(SDD_DEBUG=1 shows the full traceback)"
+    (sweep / "3" / "results.json").write_text(
+        json.dumps({"status": "failed", "overrides": [*overrides, "seed=3"], "error": error})
+    )
+    assert main([str(sweep)]) == 0
+    out, err = capsys.readouterr()
+    (row,) = summarize(collect(sweep))
+    assert row.setting == SD_KD and row.n == 2 and row.stats("val/acc1")[2] == 2  # the diverged run not averaged
+    table, section = (sweep / "summary.md").read_text().split("## Failed and diverged jobs")
+    assert "| 2: seed 2 diverged, seed 3 failed |" in table and section in out
+    assert section.index(f"{sweep / '2'}: **diverged** ({SD_KD}, seed 2)") < section.index(f"{sweep / '3'}: **failed**")
+    assert "  overrides: `pair=cifar100/res32x4_shv1 distill=sd_kd seed=3`" in section
+    assert "  error: sdd-train: configuration error: distill.beta=-1 must be positive\n  (SDD_DEBUG=1" in section
+    assert "error: sdd-train: the loss is nan" in section and "diverged, not averaged" not in err
+
+
+def test_summary_never_overwrites_another_commands_files_but_its_own(tmp_path, capsys):
+    sweep = finished_sweep(tmp_path / "sweep")
+    quickstart_table = "| step | best top-1 |\n|---|---|\n"
+    (sweep / "summary.md").write_text(quickstart_table)
+    assert main([str(sweep)]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"sdd-summary: {sweep / 'summary.md'} exists and was not written by sdd-summary: it is left as it is\n"
+        "write the summary elsewhere with --out DIR (or move that file away)\n"
+    )
+    assert (sweep / "summary.md").read_text() == quickstart_table and not (sweep / "summary.csv").exists()
+    assert main([str(sweep), "--out", str(tmp_path / "out")]) == 0
+    (sweep / "summary.md").unlink()
+    (sweep / "summary.csv").write_text("mine\n")  # no summary.md of sdd-summary: the other files are not its
+    assert main([str(sweep)]) == 2 and "summary.csv exists and was not written" in capsys.readouterr().err
+    # its own files, it overwrites: a second run on the same folder
+    for _ in range(2):
+        assert main([str(tmp_path / "sweep"), "--out", str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out" / "summary.md").read_text().startswith(MARKER + "\n")
+
+
+@pytest.mark.parametrize("problem", ["full disk", "file in the way"])
+def test_an_unwritable_out_folder_is_two_lines_and_leaves_nothing_behind(tmp_path, capsys, monkeypatch, problem):
+    sweep = finished_sweep(tmp_path / "sweep")
+    out = tmp_path / "out"
+    out.mkdir()
+    if problem == "full disk":
+
+        def full_disk(fd):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        monkeypatch.setattr(os, "fsync", full_disk)
+        where, fix = out / "summary.md", "free some space there, or write elsewhere with --out DIR"
+    else:
+        (out / "file").write_text("")
+        out = where = out / "file" / "summary"
+        fix = "write elsewhere with --out DIR"
+    assert main([str(sweep), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and err[0].startswith(f"sdd-summary: cannot write {where}: ") and err[1].startswith(fix)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ([] if problem == "full disk" else ["file"])
+
+
+def test_console_script_exits_0_quietly_and_2_with_two_lines(tmp_path):
+    """As the generated ``sdd-summary`` wrapper runs it: ``sys.exit(main())``."""
+    sweep = finished_sweep(tmp_path / "sweep")
+    command = [sys.executable, "-c", "import sys; from sdd_lightning.summary import main; sys.exit(main())", str(sweep)]
+    env = app_env()
+    env.pop("SDD_DEBUG")  # as most users run it
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0 and done.stderr == "" and "3 runs; written to" in done.stdout
+    (sweep / "summary.csv").unlink()
+    (sweep / "summary.md").write_text("another table\n")
+    refused = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+    assert refused.returncode == 2 and not refused.stdout and "Traceback" not in refused.stderr
+    assert len(refused.stderr.splitlines()) == 2 and "--out DIR" in refused.stderr

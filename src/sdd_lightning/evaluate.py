@@ -12,14 +12,17 @@ mdistiller/CRD ``.pth``, a plain or exported state_dict (``.pth`` / ``.safetenso
 ``--weights`` (torchvision's pretrained weights). The data set is the run's own (its resolved config) or the
 card's, changed by ``data.<key>=...`` overrides, or any ``conf/data`` option chosen with ``data=<name>``.
 The report is printed as JSON and written with a per-class CSV beside it; accuracies are fractions (0-1).
-Bad input (a missing or unreadable file, another architecture or class count, missing data) stops with one
-message that names the fix.
+``--regions`` measures the local predictions on the scales the run trained with (its ``distill.scales``).
+Bad input (a missing or unreadable file, another architecture or class count, missing data, an output that
+cannot be written) stops with exit status 2 and a short message that names the fix, without a traceback
+(``SDD_DEBUG=1`` shows it).
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import sys
 from collections.abc import Iterable, Mapping, Sequence
@@ -33,8 +36,9 @@ from torch import nn
 
 from sdd_lightning.heads import ScaleDecoupledHead
 from sdd_lightning.losses import Consistency, complementary_mask
-from sdd_lightning.model_card import find_model_card
+from sdd_lightning.model_card import find_model_card, write_atomically
 from sdd_lightning.models import get_classifier
+from sdd_lightning.reporting import debug_requested
 from sdd_lightning.sources import (
     SPLITS,
     USER_ERRORS,
@@ -49,9 +53,10 @@ from sdd_lightning.sources import (
     parse_arch_kwargs,
     split_inputs,
     split_loader,
+    writing,
 )
 
-__all__ = ["evaluate_checkpoint", "evaluate_networks", "main", "write_report"]
+__all__ = ["evaluate_checkpoint", "evaluate_command", "evaluate_networks", "main", "write_report"]
 
 DEFAULT_SCALES = (1, 2, 4)
 
@@ -161,9 +166,14 @@ def evaluate_networks(
 
 
 def _default_regions(run: Run | None) -> tuple[tuple[int, ...], str]:
+    """The scales and pooling ``--regions`` uses for a run: the ones it trained with (``distill.scales``); for a
+    run without local terms (KD, DKD, NKD, plain training: ``[1]``), its pair's SD scale set, else 1,2,4."""
     config = run.config if run is not None else {}
-    scales = (config.get("pair_settings") or {}).get("sd_scales") or DEFAULT_SCALES
-    return tuple(scales), (config.get("distill") or {}).get("pooling", "exact")
+    distill = config.get("distill") or {}
+    scales = distill.get("scales") or [1]
+    if len(scales) < 2:
+        scales = (config.get("pair_settings") or {}).get("sd_scales") or DEFAULT_SCALES
+    return tuple(scales), distill.get("pooling", "exact")
 
 
 def evaluate_checkpoint(
@@ -216,15 +226,20 @@ def evaluate_checkpoint(
 
 
 def write_report(report: dict[str, Any], per_class: list[dict[str, Any]], output: Path) -> None:
-    """Writes the report to ``output`` (JSON) and the per-class rows beside it (``<stem>-per_class.csv``)."""
-    output.parent.mkdir(parents=True, exist_ok=True)
+    """Writes the report to ``output`` (JSON) and the per-class rows beside it (``<stem>-per_class.csv``).
+
+    Each file is written whole or not at all; an output that cannot be written raises :class:`EvalError`.
+    """
     csv_path = output.with_name(output.stem + "-per_class.csv")
     report["per_class_csv"] = str(csv_path)
-    with csv_path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["class", "name", "images", "correct", "acc1"])
-        writer.writeheader()
-        writer.writerows(per_class)
-    output.write_text(json.dumps(report, indent=2) + "\n")
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=["class", "name", "images", "correct", "acc1"])
+    writer.writeheader()
+    writer.writerows(per_class)
+    with writing("--output FILE"):
+        output.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(csv_path, table.getvalue().encode())
+        write_atomically(output, (json.dumps(report, indent=2) + "\n").encode())
 
 
 # ---------------------------------------------------------------------------------------- command line
@@ -242,7 +257,10 @@ def _parser() -> argparse.ArgumentParser:
     add_network_options(parser)
     parser.add_argument("--weights", help="torchvision pretrained weights (e.g. IMAGENET1K_V1), without a checkpoint")
     parser.add_argument("--regions", action="store_true", help="local accuracy per scale, complementary fractions")
-    parser.add_argument("--scales", help="grid sides for --regions, e.g. 1,2,4 (default: the run's, else 1,2,4)")
+    parser.add_argument(
+        "--scales",
+        help="grid sides for --regions, e.g. 1,2,4 (default: those the run trained with, else 1,2,4)",
+    )
     parser.add_argument("--pooling", choices=("exact", "hierarchical"), help="for --regions (default: the run's)")
     parser.add_argument("--output", type=Path, help="report file (default: <run>/eval/ or ./eval/<name>.json)")
     return parser
@@ -253,7 +271,13 @@ def _default_output(checkpoint: Path | None, run: Run | None, role: str, split: 
     return (run.dir if run is not None else Path()) / "eval" / name
 
 
-def _evaluate_from_args(args: argparse.Namespace) -> dict[str, Any]:
+def evaluate_command(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """What ``sdd-eval <argv>`` does, without printing: evaluates, writes the report and returns it.
+
+    Raises:
+        EvalError (or one of :data:`~sdd_lightning.sources.USER_ERRORS`): bad input, or an unwritable output.
+    """
+    args = _parser().parse_intermixed_args(argv)
     checkpoint_arg, overrides = split_inputs(args.inputs)
     checkpoint, run = find_run(checkpoint_arg) if checkpoint_arg else (None, None)
     if checkpoint is not None and args.weights:
@@ -289,17 +313,21 @@ def _evaluate_from_args(args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """The ``sdd-eval`` entry point: prints the report as JSON and returns it."""
-    args = _parser().parse_intermixed_args(argv)
+def main(argv: Sequence[str] | None = None) -> int:
+    """The ``sdd-eval`` entry point: prints the report as JSON; returns the exit status (2: bad input).
+
+    Bad input prints one message without a traceback (``SDD_DEBUG=1`` shows the traceback instead).
+    """
     try:
-        report = _evaluate_from_args(args)
+        report = evaluate_command(argv)
     except (EvalError, *USER_ERRORS) as error:
+        if debug_requested():
+            raise
         print(f"sdd-eval: error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
+        return 2
     print(json.dumps(report, indent=2))
-    return report
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

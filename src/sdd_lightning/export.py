@@ -8,15 +8,21 @@ Writes ``<name>.pth`` (a plain state_dict) and ``<name>.safetensors`` (the same 
 tensors only, so loading one never runs code), both fp32 or fp16, the student's weights alone, plus the model
 card ``<name>.json`` (machine-readable; :func:`sdd_lightning.model_card.read_model_card` finds it from either
 weights file) and ``<name>.md``. The card records the architecture, data set and classes, the top-1 / top-5 that
-``sdd-eval`` measures on the exported file itself, the teacher, the method and its settings, the commands that
+``sdd-eval`` measures on the exported file itself, the method and the teacher-student pair, the recipe of the
+run (temperature, loss weights, scales M, beta, gamma, epochs, learning rate, batch size, ...), the commands that
 trained and exported it, the sha256 of each weights file, and how to load it.
+
+Each file is written whole or not at all, with the mode the umask gives any new file, and two exports of one
+checkpoint give the same bytes (the card holds no time; the export command is recorded without ``--output-dir``).
+A bad input or an output folder that cannot be written stops with exit status 2 and a short message that names
+the fix, without a traceback (``SDD_DEBUG=1`` shows it).
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import hashlib
+import io
 import json
 import shlex
 import sys
@@ -27,10 +33,11 @@ from typing import Any
 
 import torch
 from omegaconf import OmegaConf
-from safetensors.torch import save_file
+from safetensors.torch import save as safetensors_bytes
 
 from sdd_lightning.evaluate import evaluate_checkpoint
-from sdd_lightning.model_card import CARD_FORMAT, CARD_VERSION, find_model_card
+from sdd_lightning.model_card import CARD_FORMAT, CARD_VERSION, find_model_card, write_atomically
+from sdd_lightning.reporting import debug_requested
 from sdd_lightning.sources import (
     USER_ERRORS,
     EvalError,
@@ -43,6 +50,7 @@ from sdd_lightning.sources import (
     network_specs,
     parse_arch_kwargs,
     split_inputs,
+    writing,
 )
 
 __all__ = ["DTYPES", "export_student", "main", "render_markdown"]
@@ -50,9 +58,41 @@ __all__ = ["DTYPES", "export_student", "main", "render_markdown"]
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 
 
-def _sha256(path: Path) -> str:
-    with path.open("rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
+# What each method does, in words (the SD-* methods: "sd_" and one of these).
+METHODS = {
+    "none": "plain training with cross-entropy, no teacher",
+    "kd": "KD: knowledge distillation of the teacher's softened class probabilities (Hinton et al.)",
+    "dkd": "DKD: decoupled knowledge distillation, target and non-target classes weighted apart (Zhao et al.)",
+    "nkd": "NKD: normalized knowledge distillation, the target class left out of the non-target term (Yang et al.)",
+}
+
+
+def _method_title(method: str | None) -> str:
+    if method in METHODS:
+        return METHODS[method]
+    base = (method or "").removeprefix("sd_")
+    if method and method.startswith("sd_") and base in METHODS:
+        return (
+            f"SD-{base.upper()}: scale decoupled distillation (Wei et al.), {base.upper()} on the global logits and "
+            "on every region of each scale"
+        )
+    return method or "unknown"
+
+
+def _pth_bytes(state_dict: Mapping[str, torch.Tensor]) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(dict(state_dict), buffer)
+    return buffer.getvalue()
+
+
+def _safetensors_bytes(state_dict: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> bytes:
+    """The safetensors file of ``state_dict`` with its header's entries sorted: safetensors writes the metadata in
+    the order of a Rust hash map, which changes from run to run, so that one export would differ from the next."""
+    data = safetensors_bytes(dict(state_dict), metadata=dict(metadata))
+    size = int.from_bytes(data[:8], "little")
+    header = json.dumps(json.loads(data[8 : 8 + size]), sort_keys=True, separators=(",", ":")).encode()
+    header += b" " * (-len(header) % 8)  # the tensor data starts 8-byte aligned, as safetensors writes it
+    return len(header).to_bytes(8, "little") + header + data[8 + size :]
 
 
 def _state_dict(model: torch.nn.Module, dtype: torch.dtype) -> dict[str, torch.Tensor]:
@@ -71,6 +111,60 @@ def _default_name(spec: NetworkSpec, data_target: str, run: Run | None, dtype: s
     method = run.config.get("method") if run is not None else None
     parts = [spec.arch.replace(":", "_"), _data_name(data_target), *([method] if method not in (None, "none") else [])]
     return "-".join(parts) + ("-fp16" if dtype == "fp16" else "")
+
+
+def _plain(node: Any) -> Any:
+    """A config node as plain values, without Hydra's ``_target_``/``_partial_``/``_convert_`` keys."""
+    if isinstance(node, Mapping):
+        return {key: _plain(value) for key, value in node.items() if not str(key).startswith("_")}
+    if isinstance(node, list):
+        return [_plain(value) for value in node]
+    return node
+
+
+def _schedule(scheduler: Mapping[str, Any]) -> str:
+    """The learning-rate schedule in words."""
+    kind = str(scheduler.get("_target_") or "").rsplit(".", 1)[-1]
+    if not kind:
+        return "constant"
+    if kind == "MultiStepLR":
+        return f"x{scheduler.get('gamma')} at epochs {', '.join(map(str, scheduler.get('milestones') or []))}"
+    if kind == "CosineAnnealingLR":
+        return f"cosine, down to {scheduler.get('eta_min', 0)} at epoch {scheduler.get('T_max')}"
+    return kind
+
+
+def _recipe(run: Run) -> dict[str, Any]:
+    """The training values of the run that a reader compares with a paper's recipe (the method's are in
+    ``method.settings``)."""
+    config = OmegaConf.to_container(run.config, resolve=True)
+    optimizer, scheduler = config.get("optimizer") or {}, config.get("scheduler") or {}
+    return {
+        "epochs": config.get("epochs"),
+        "batch_size": (config.get("data") or {}).get("batch_size"),
+        "optimizer": str(optimizer.get("_target_", "")).rsplit(".", 1)[-1] or None,
+        "lr": optimizer.get("lr"),
+        "momentum": optimizer.get("momentum"),
+        "weight_decay": optimizer.get("weight_decay"),
+        "lr_schedule": _schedule(scheduler),
+        "seed": config.get("seed"),
+    }
+
+
+def _recorded_command(args: Sequence[str]) -> str:
+    """``sdd-export <args>`` without ``--output-dir``: where the files went is no property of them, so two exports
+    of one checkpoint into two folders give the same card."""
+    kept, skip = [], False
+    for arg in args:
+        if skip:
+            skip = False
+            continue
+        option = arg.split("=", 1)[0]
+        if len(option) > 2 and "--output-dir".startswith(option):  # argparse takes --output for it too
+            skip = "=" not in arg
+            continue
+        kept.append(arg)
+    return shlex.join(["sdd-export", *kept])
 
 
 def _training_command(run: Run | None) -> str | None:
@@ -129,10 +223,14 @@ def export_student(
         measure: measure the exported file with ``sdd-eval`` (``False``: the card's accuracy is ``None``).
         device: where to measure (default: cuda when available).
         arch, num_classes, arch_kwargs: the network, for a file outside a run folder.
-        command: the command line to record (default: this process's).
+        command: the command line to record (default: this process's, without ``--output-dir``).
 
     Returns:
         The path of the model card ``<name>.json`` (the markdown card ``<name>.md`` and the weights lie beside it).
+
+    Raises:
+        EvalError (or one of :data:`~sdd_lightning.sources.USER_ERRORS`): bad input, or an output folder that
+            cannot be written (no file is then left half-written).
     """
     if dtype not in DTYPES:
         raise EvalError(f"--dtype {dtype}: choose {' or '.join(DTYPES)}")
@@ -149,11 +247,17 @@ def export_student(
 
     name = name or _default_name(spec, data._target_, run, dtype)
     folder = Path(output_dir) if output_dir else (run.dir if run else Path()) / "export"
-    folder.mkdir(parents=True, exist_ok=True)
     state_dict = _state_dict(model, DTYPES[dtype])
-    pth, safetensors = folder / f"{name}.pth", folder / f"{name}.safetensors"
-    torch.save(state_dict, pth)
-    save_file(state_dict, safetensors, metadata={"arch": spec.arch, "num_classes": str(classes), "dtype": dtype})
+    metadata = {"arch": spec.arch, "num_classes": str(classes), "dtype": dtype}
+    weights = {
+        folder / f"{name}.safetensors": ("safetensors", _safetensors_bytes(state_dict, metadata)),
+        folder / f"{name}.pth": ("pytorch state_dict", _pth_bytes(state_dict)),
+    }
+    with writing("--output-dir DIR"):
+        folder.mkdir(parents=True, exist_ok=True)
+        for path, (_, data_bytes) in weights.items():
+            write_atomically(path, data_bytes)
+    safetensors = folder / f"{name}.safetensors"
 
     accuracy, class_names = None, getattr(datamodule, "class_names", None)
     if measure:
@@ -173,6 +277,7 @@ def export_student(
             "checkpoint": node.get("checkpoint"),
             "acc1": run.results.get("teacher/acc1"),
         }
+    method = run.config.get("method") if run is not None else None
     card = {
         "format": CARD_FORMAT,
         "format_version": CARD_VERSION,
@@ -185,16 +290,21 @@ def export_student(
         },
         "data": {
             "name": data._target_.rsplit(".", 1)[-1],
-            "config": OmegaConf.to_container(data, resolve=True),
+            "config": OmegaConf.to_container(data, resolve=True),  # for sdd-eval, which builds the data from it
             "classes": class_names,
         },
         "accuracy": accuracy,
         "teacher": teacher,
         "method": (
-            {"name": run.config.get("method"), "settings": OmegaConf.to_container(run.config.distill, resolve=True)}
+            {
+                "name": method,
+                "title": _method_title(method),
+                "settings": _plain(OmegaConf.to_container(run.config.distill, resolve=True)),
+            }
             if run is not None
             else None
         ),
+        "recipe": _recipe(run) if run is not None else None,
         "training": {
             "run": str(run.dir) if run else None,
             "checkpoint": str(checkpoint),
@@ -205,20 +315,26 @@ def export_student(
             "git_commit": run.results.get("git_commit") if run else None,
         },
         "export": {
-            "command": command if command is not None else shlex.join(["sdd-export", *sys.argv[1:]]),
+            "command": _recorded_command(sys.argv[1:]) if command is None else command,
             "dtype": dtype,
-            "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "sdd_lightning": _version(),
         },
         "files": [
-            {"path": path.name, "format": kind, "dtype": dtype, "bytes": path.stat().st_size, "sha256": _sha256(path)}
-            for path, kind in ((safetensors, "safetensors"), (pth, "pytorch state_dict"))
+            {
+                "path": path.name,
+                "format": kind,
+                "dtype": dtype,
+                "bytes": len(data_bytes),
+                "sha256": hashlib.sha256(data_bytes).hexdigest(),
+            }
+            for path, (kind, data_bytes) in weights.items()
         ],
         "usage": _usage(name, spec.arch, classes, kwargs),
     }
-    (folder / f"{name}.md").write_text(render_markdown(card))
     card_path = folder / f"{name}.json"
-    card_path.write_text(json.dumps(card, indent=2) + "\n")
+    with writing("--output-dir DIR"):
+        write_atomically(folder / f"{name}.md", render_markdown(card).encode())
+        write_atomically(card_path, (json.dumps(card, indent=2) + "\n").encode())
     return card_path
 
 
@@ -233,10 +349,64 @@ def _percent(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.2f}"
 
 
+def _number(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _recipe_rows(card: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The method and recipe of the card as (what, value) rows in words."""
+    method, recipe, teacher = card["method"], card.get("recipe"), card["teacher"]
+    settings = (method or {}).get("settings") or {}
+    loss = settings.get("loss") or {}
+    rows = [("method", _method_title((method or {}).get("name")))]  # cards of earlier versions have no title
+    if teacher:
+        rows.append(("teacher -> student", f"{teacher['arch']} -> {card['architecture']['arch']}"))
+    if "temperature" in loss:
+        rows.append(("temperature T", _number(loss["temperature"])))
+    if "ce_weight" in settings:
+        rows.append(
+            (
+                "loss weights",
+                f"cross-entropy {_number(settings['ce_weight'])}, distillation {_number(settings['kd_weight'])}",
+            )
+        )
+    if "beta" in loss:
+        rows.append(("DKD alpha / beta", f"{_number(loss.get('alpha'))} / {_number(loss['beta'])}"))
+    if "gamma" in loss:
+        rows.append(("NKD gamma", _number(loss["gamma"])))
+    if settings.get("warmup_epochs"):
+        rows.append(("warm-up", f"the distillation term ramps up over {settings['warmup_epochs']} epochs"))
+    scales = settings.get("scales")
+    if scales and len(scales) > 1:
+        rows.append(("scales M", "{" + ", ".join(map(str, scales)) + "} (grid sides of the regions)"))
+        rows.append(
+            (
+                "beta (weight of complementary regions)",
+                f"{_number(settings.get('complementary_weight'))} (consistent regions: "
+                f"{_number(settings.get('consistent_weight'))}; consistency by {settings.get('consistency')}, "
+                f"{settings.get('pooling')} pooling)",
+            )
+        )
+    elif scales:
+        rows.append(("scales M", "{1}: the global logits only"))
+    if recipe:
+        optimizer = f"{recipe['optimizer']}, " if recipe.get("optimizer") else ""
+        extras = [f"momentum {_number(recipe['momentum'])}"] if recipe.get("momentum") is not None else []
+        if recipe.get("weight_decay") is not None:
+            extras.append(f"weight decay {_number(recipe['weight_decay'])}")
+        rows += [
+            ("epochs", str(recipe["epochs"])),
+            ("batch size", str(recipe["batch_size"])),
+            ("learning rate", f"{_number(recipe['lr'])} ({optimizer}{', '.join(extras)}), {recipe['lr_schedule']}"),
+            ("seed", str(recipe["seed"])),
+        ]
+    return rows
+
+
 def render_markdown(card: Mapping[str, Any]) -> str:
-    """The model card as a short markdown page (the JSON card is the one code should read)."""
+    """The model card as a short markdown page in words (the JSON card is the one code should read)."""
     arch, data, accuracy = card["architecture"], card["data"], card["accuracy"]
-    method, teacher, training = card["method"], card["teacher"], card["training"]
+    teacher, training = card["teacher"], card["training"]
     classes = data["classes"]
     options = f" {arch['kwargs']}" if arch["kwargs"] else ""
     teacher_text = f"`{teacher['arch']}` (top-1 {_percent(teacher['acc1'])} %)" if teacher else "none"
@@ -247,14 +417,20 @@ def render_markdown(card: Mapping[str, Any]) -> str:
         "| | |",
         "|---|---|",
         f"| architecture | `{arch['arch']}`{options} ({arch['parameters']:,} parameters) |",
-        f"| data set | {data['name']}, {arch['num_classes']} classes |",
+        f"| data set | {data['name'].removesuffix('DataModule')}, {arch['num_classes']} classes |",
         f"| top-1 / top-5 (%) | {_percent(accuracy and accuracy['acc1'])} / {_percent(accuracy and accuracy['acc5'])}"
         f"{measured} |",
-        f"| method | {method['name'] if method else 'unknown'} |",
+        f"| method | {_method_title(card['method']['name']).split(':')[0] if card['method'] else 'unknown'} |",
         f"| teacher | {teacher_text} |",
         f"| trained with | `{training['command'] or 'unknown'}` |",
         f"| exported with | `{card['export']['command']}` ({card['export']['dtype']}) |",
         "",
+    ]
+    if card["method"]:
+        lines += ["## How it was trained", "", "| | |", "|---|---|"]
+        lines += [f"| {what} | {value} |" for what, value in _recipe_rows(card)]
+        lines.append("")
+    lines += [
         "## Files",
         "",
         "| file | format | bytes | sha256 |",
@@ -276,9 +452,6 @@ def render_markdown(card: Mapping[str, Any]) -> str:
         "```",
         "",
     ]
-    if method and len(method["settings"]) > 1:
-        settings = ", ".join(f"{key}={value}" for key, value in method["settings"].items() if key != "method")
-        lines += ["## Method settings", "", settings, ""]
     if classes:
         lines += ["## Classes", "", ", ".join(f"{index}: {name}" for index, name in enumerate(classes)), ""]
     return "\n".join(lines)
@@ -300,8 +473,12 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> Path:
-    """The ``sdd-export`` entry point: prints the files, their sha256 and the top-1; returns the card's path."""
+def main(argv: Sequence[str] | None = None) -> int:
+    """The ``sdd-export`` entry point: prints the files, their sha256 and the top-1; returns the exit status.
+
+    Bad input and an output folder that cannot be written print a short message without a traceback and
+    return 2 (``SDD_DEBUG=1`` shows the traceback instead).
+    """
     args = _parser().parse_intermixed_args(argv)
     try:
         source, overrides = split_inputs(args.inputs)
@@ -319,19 +496,21 @@ def main(argv: Sequence[str] | None = None) -> Path:
             arch=args.arch,
             num_classes=args.num_classes,
             arch_kwargs=parse_arch_kwargs(args.arch_kwarg),
-            command=shlex.join(["sdd-export", *(sys.argv[1:] if argv is None else argv)]),
+            command=_recorded_command(sys.argv[1:] if argv is None else argv),
         )
     except (EvalError, *USER_ERRORS) as error:
+        if debug_requested():
+            raise
         print(f"sdd-export: error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
+        return 2
     card = json.loads(card_path.read_text())
     for entry in card["files"]:
         print(f"{card_path.parent / entry['path']}  sha256 {entry['sha256']}")
     accuracy = card["accuracy"]
     top1 = f"top-1 {_percent(accuracy['acc1'])} % on {accuracy['split']}" if accuracy else "accuracy not measured"
     print(f"{card['name']}: {top1}; model card {card_path} (and .md)")
-    return card_path
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

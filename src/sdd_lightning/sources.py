@@ -8,15 +8,16 @@
   option named with ``data=<name>``; and the one function that maps a split name to its batches.
 
 Every bad input raises :class:`EvalError` (or the loaders' own error types, :data:`USER_ERRORS`) with a message
-that names the input and the fix.
+that names the input and the fix; so does an output that cannot be written (:func:`writing`).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ from torch import nn
 
 from sdd_lightning.catalog import CONF_DIR
 from sdd_lightning.data import DatasetError
-from sdd_lightning.model_card import find_model_card
+from sdd_lightning.model_card import find_model_card, unwritable_output
 from sdd_lightning.models import (
     CheckpointMismatchError,
     ClassCountMismatchError,
@@ -58,6 +59,7 @@ __all__ = [
     "parse_arch_kwargs",
     "split_inputs",
     "split_loader",
+    "writing",
 ]
 
 RUN_CONFIG = "config_resolved.yaml"
@@ -353,3 +355,16 @@ def add_network_options(parser: argparse.ArgumentParser) -> None:
         "--arch-kwarg", action="append", default=[], metavar="KEY=VALUE", help="constructor option, e.g. stem=imagenet"
     )
     parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+
+
+@contextlib.contextmanager
+def writing(option: str) -> Iterator[None]:
+    """Within the block, an output that cannot be written (no permission, a full disk, ...) raises
+    :class:`EvalError` with two lines that name the file and the fix (``option``, e.g. ``"--output-dir DIR"``)."""
+    try:
+        yield
+    except OSError as error:
+        message = unwritable_output(error, option)
+        if message is None:
+            raise
+        raise EvalError(message) from error

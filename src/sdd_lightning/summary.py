@@ -5,18 +5,27 @@ grouped by setting: what was run apart from the seed (``setting`` of results.jso
 student + method for an ad-hoc run) plus the overrides that change what is computed. Each row gives, over
 the setting's finished runs (seeds), mean ± standard deviation and n of the best-epoch and the last-epoch
 validation top-1 and top-5, in percent, beside the published number and which of the two the paper
-reports. Interrupted, failed and unfinished runs (no results.json: still running, or dead) are listed in
-their row, never averaged in. A warning goes to stderr for every setting with fewer than three finished
-seeds. Written into DIR (or ``--out``): ``summary.md``, ``summary.csv``, and two figures,
+reports. Interrupted, failed, diverged and unfinished runs (no results.json: still running, or dead) are
+listed in their row, never averaged in; below the table, every failed or diverged job is listed with its
+folder, its overrides and its error. A warning goes to stderr for every setting with fewer than three
+finished seeds. Written into DIR (or ``--out``): ``summary.md``, ``summary.csv``, and two figures,
 ``summary_bars.png`` (best top-1 per setting beside the published number) and ``summary_curves.png``
 (validation top-1 per epoch of every run).
+
+sdd-summary overwrites only its own files: ``summary.md`` starts with the line ``<!-- written by sdd-summary -->``,
+and while that file is its own the other three are too. When one of the four exists and was not written by
+sdd-summary (another command's table, say), it stops with exit status 2 and asks for ``--out DIR``. Each file
+is written whole or not at all; a folder that cannot be written (no permission, a full disk) is a two-line
+message, as is any other mistake of the command line (``SDD_DEBUG=1`` shows the traceback instead).
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
+import os
 import statistics
 import sys
 from collections import Counter, defaultdict
@@ -26,16 +35,23 @@ from typing import Any
 
 import yaml
 
+from sdd_lightning.model_card import unwritable_output, write_atomically
+from sdd_lightning.summary_plots import BARS_FILE, CURVES_FILE, plot_summary
+
 __all__ = [
+    "MARKER",
     "MIN_SEEDS",
     "PRESENTATION_OVERRIDES",
     "Run",
     "SettingRow",
+    "SummaryError",
     "collect",
+    "failed_jobs",
     "main",
     "read_curve",
     "summarize",
     "to_markdown",
+    "write_summary",
 ]
 
 # Overrides that change only how a run is shown or where its files are, never what it computes: runs
@@ -65,6 +81,12 @@ PRESENTATION_OVERRIDES: tuple[str, ...] = (
     "distill",
 )
 
+# The first line of every summary.md that sdd-summary writes: the files it may overwrite.
+MARKER = "<!-- written by sdd-summary -->"
+SUMMARY_FILES = ("summary.md", "summary.csv", BARS_FILE, CURVES_FILE)
+# Runs listed below the table with their error (sdd-train writes these statuses with an "error" message).
+LISTED_STATUSES = ("failed", "diverged")
+
 # Fewer finished seeds than this and a setting's spread is not worth much: sdd-summary warns.
 MIN_SEEDS = 3
 
@@ -89,7 +111,7 @@ MARKDOWN_COLUMNS = (
     "published top-1 (%)",
     "ours - published (pp)",
     "epochs",
-    "not averaged: unfinished / failed",
+    "not averaged: unfinished / failed / diverged",
 )
 
 
@@ -97,8 +119,9 @@ MARKDOWN_COLUMNS = (
 class Run:
     """One run folder: its status, the setting it belongs to, its seed, accuracies and validation curve.
 
-    ``status`` is ``finished``, ``interrupted`` or ``failed`` (from results.json), or ``unfinished`` when the
-    folder has no readable results.json (the run is still going, or died without writing one).
+    ``status`` is ``finished``, ``interrupted``, ``failed`` or ``diverged`` (from results.json; a failed or
+    diverged job's results.json holds its ``overrides`` and a short ``error``), or ``unfinished`` when the folder
+    has no readable results.json (the run is still going, or died without writing one).
     """
 
     folder: Path
@@ -182,6 +205,12 @@ def _fallback_name(data: Any, teacher: Any, student: Any, method: Any) -> str:
     return f"{data}: {pair} ({method})"
 
 
+def _seed_override(overrides: list[str]) -> int | None:
+    """The seed a run was started with, from its overrides (``seed=3``), or ``None``."""
+    seeds = [o.split("=", 1)[1] for o in overrides if _override_key(o) == "seed" and "=" in o]
+    return int(seeds[-1]) if seeds and seeds[-1].lstrip("-").isdigit() else None
+
+
 def _setting_key(name: str, overrides: list[str]) -> str:
     """The setting's name followed by its overrides that change what is computed, sorted."""
     extra = sorted(o for o in overrides if not _is_presentation(o))
@@ -206,6 +235,8 @@ def _name_from_config(folder: Path, config: dict[str, Any]) -> str:
         return str(choices["experiment"])
     if choices.get("pair"):
         return f"{choices['pair']}/{choices.get('distill')}"
+    if not config:
+        return "(setting unknown)"
     distill = (config.get("distill") or {}).get("method")
     data = str((config.get("data") or {}).get("_target_", "?")).rsplit(".", 1)[-1]
     teacher = (config.get("teacher") or {}).get("arch") if distill != "none" else None
@@ -246,8 +277,12 @@ def _run_folders(root: Path) -> list[Path]:
     return sorted(f for f in found if "ranks" not in f.relative_to(root).parts)
 
 
-def _load_run(folder: Path) -> tuple[Run, tuple[str, ...] | None]:
-    """A run and the overrides it was started with, which link a run to its sweep (``None``: no link needed)."""
+def _load_run(folder: Path) -> tuple[Run, tuple[str, ...] | None, bool]:
+    """A run, the overrides it was started with (``None``: unknown) and whether its setting is its own record's.
+
+    A run whose setting is not recorded (no results.json, or a failed job's results.json that holds only its
+    status, overrides and error) may take its setting from its sweep's other runs (:func:`collect`).
+    """
     results: dict[str, Any] | None = None
     results_path = folder / "results.json"
     if results_path.is_file():
@@ -259,20 +294,22 @@ def _load_run(folder: Path) -> tuple[Run, tuple[str, ...] | None]:
         if results is None:
             print(f"sdd-summary: {results_path} is not a JSON object; the run is listed as unfinished", file=sys.stderr)
     curve = read_curve(folder)
+    config = _read_yaml(folder / "config_resolved.yaml") or {}
     if results is not None:
         overrides = [str(o) for o in results.get("overrides") or []]
+        named = any(results.get(key) for key in ("setting", "experiment", "data"))
+        name = _name_from_results(results) if named else _name_from_config(folder, config)
         run = Run(
             folder=folder,
             status=str(results.get("status") or "finished"),
-            setting=_setting_key(_name_from_results(results), overrides),
-            seed=results.get("seed"),
+            setting=_setting_key(name, overrides),
+            seed=results.get("seed", config.get("seed", _seed_override(overrides))),
             results=results,
             published=results.get("published"),
             published_metric=results.get("published_metric") or DEFAULT_PUBLISHED_METRIC,
             curve=curve,
         )
-        return run, tuple(sorted(overrides))
-    config = _read_yaml(folder / "config_resolved.yaml") or {}
+        return run, tuple(sorted(overrides)), named or bool(config.get("setting"))
     overrides_file = folder / ".hydra" / "overrides.yaml"
     overrides = [str(o) for o in (yaml.safe_load(overrides_file.read_text()) or [])] if overrides_file.is_file() else []
     run = Run(
@@ -283,17 +320,16 @@ def _load_run(folder: Path) -> tuple[Run, tuple[str, ...] | None]:
         published=config.get("published"),
         curve=curve,
     )
-    # a config that names its setting is the authority; otherwise the sweep's other runs may tell
-    linkable = overrides_file.is_file() and not config.get("setting")
-    return run, tuple(sorted(overrides)) if linkable else None
+    return run, tuple(sorted(overrides)) if overrides_file.is_file() else None, bool(config.get("setting"))
 
 
 def collect(root: Path) -> list[Run]:
     """Every run under ``root``, finished or not, in folder order.
 
-    A run without results.json whose config does not name its setting is given the setting of the runs
-    with results.json that were started with the same overrides apart from the seed (its own sweep's
-    other runs), when those agree on one; otherwise its setting is rebuilt from Hydra's record of it.
+    A run whose own record does not name its setting (no results.json and a config without ``setting``, or a
+    failed job's bare results.json) is given the setting of the runs that name theirs and were started with the
+    same overrides apart from the seed (its own sweep's other runs), when those agree on one; otherwise its
+    setting is rebuilt from its config and Hydra's record of it.
     """
     loaded = [_load_run(folder) for folder in _run_folders(root)]
 
@@ -301,14 +337,14 @@ def collect(root: Path) -> list[Run]:
         return tuple(o for o in overrides if _override_key(o) != "seed")
 
     known: dict[tuple[str, ...], set[str]] = defaultdict(set)
-    for run, overrides in loaded:
-        if run.results and overrides is not None:
+    for run, overrides, named in loaded:
+        if named and run.results and overrides is not None:
             known[signature(overrides)].add(run.setting)
-    for run, overrides in loaded:
-        candidates = known.get(signature(overrides), set()) if overrides is not None and not run.results else set()
+    for run, overrides, named in loaded:
+        candidates = known.get(signature(overrides), set()) if overrides is not None and not named else set()
         if len(candidates) == 1:
             run.setting = next(iter(candidates))
-    return [run for run, _ in loaded]
+    return [run for run, _, _ in loaded]
 
 
 def summarize(runs: list[Run]) -> list[SettingRow]:
@@ -362,6 +398,37 @@ def to_markdown(rows: list[SettingRow]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def failed_jobs(rows: list[SettingRow]) -> list[Run]:
+    """The failed and diverged runs of the rows, in the order of the table, each row's by seed."""
+    return [
+        run
+        for row in rows
+        for run in sorted(row.others, key=lambda r: _seed_order(r.seed))
+        if run.status in LISTED_STATUSES
+    ]
+
+
+def failed_markdown(rows: list[SettingRow]) -> str:
+    """The section below the table: every failed or diverged job with its folder, overrides and error."""
+    jobs = failed_jobs(rows)
+    if not jobs:
+        return ""
+    lines = [
+        "",
+        "## Failed and diverged jobs",
+        "",
+        "Not averaged into the table; `sdd-train <overrides>` reruns one.",
+        "",
+    ]
+    for run in jobs:
+        overrides = " ".join(str(o) for o in run.results.get("overrides") or []) or "none recorded"
+        lines.append(f"- {run.folder}: **{run.status}** ({run.setting}, seed {_seed(run.seed)})")
+        lines.append(f"  overrides: `{overrides}`")
+        error = str(run.results.get("error") or "no error recorded").strip().splitlines() or ["no error recorded"]
+        lines += [f"  error: {error[0]}", *(f"  {line}" for line in error[1:])]
+    return "\n".join(lines) + "\n"
+
+
 def _csv_rows(rows: list[SettingRow]) -> list[dict[str, Any]]:
     """The rows with plain numbers, one column per mean and per standard deviation."""
     table = []
@@ -385,7 +452,8 @@ def _csv_rows(rows: list[SettingRow]) -> list[dict[str, Any]]:
 
 
 def warnings(rows: list[SettingRow]) -> list[str]:
-    """The lines sdd-summary prints to stderr: too few seeds, a seed counted twice, runs left out."""
+    """The lines sdd-summary prints to stderr: too few seeds, a seed counted twice, interrupted and unfinished runs
+    left out (failed and diverged ones are listed below the table)."""
     lines = []
     for row in rows:
         if row.n < MIN_SEEDS:
@@ -396,43 +464,107 @@ def warnings(rows: list[SettingRow]) -> list[str]:
         if repeated:
             lines.append(f"sdd-summary: {row.setting}: seed {','.join(repeated)} counted more than once")
         for run in row.others:
-            lines.append(f"sdd-summary: {row.setting}: seed {_seed(run.seed)} {run.status}, not averaged: {run.folder}")
+            if run.status not in LISTED_STATUSES:  # those are listed below the table, with their error
+                lines.append(
+                    f"sdd-summary: {row.setting}: seed {_seed(run.seed)} {run.status}, not averaged: {run.folder}"
+                )
     return lines
 
 
-def main(argv: list[str] | None = None) -> list[SettingRow]:
-    """Command-line entry point of ``sdd-summary``: prints the table and writes it and the figures."""
+class SummaryError(Exception):
+    """A folder sdd-summary cannot read or write into; the message (two lines at most) names it and the fix."""
+
+
+def _foreign_file(out: Path) -> Path | None:
+    """The first of sdd-summary's file names in ``out`` that another command wrote, or ``None``.
+
+    While ``summary.md`` starts with :data:`MARKER`, all four files are sdd-summary's own.
+    """
+    try:
+        with (out / "summary.md").open(encoding="utf-8") as handle:
+            if handle.readline().rstrip("\n") == MARKER:
+                return None
+    except (OSError, UnicodeDecodeError):
+        pass
+    return next((out / name for name in SUMMARY_FILES if (out / name).exists()), None)
+
+
+def write_summary(directory: Path, out: Path | None = None) -> tuple[list[Run], list[SettingRow], list[Path]]:
+    """Reads every run under ``directory`` and writes summary.md, summary.csv and the figures into ``out``.
+
+    Returns:
+        The runs, the rows (one per setting) and the files written.
+
+    Raises:
+        SummaryError: ``directory`` holds no run, or ``out`` holds a file of those names that sdd-summary did not
+            write, or cannot be written (no permission, a full disk); nothing is then half-written.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise SummaryError(f"{directory} is not a folder: give the folder of a sweep or a run")
+    runs = collect(directory)
+    if not runs:
+        raise SummaryError(
+            f"no run folder (results.json or config_resolved.yaml) under {directory}\n"
+            "give the folder sdd-train wrote (outputs/<task>/runs/... or .../multiruns/...)"
+        )
+    rows = summarize(runs)
+    out = Path(out) if out is not None else directory
+    foreign = _foreign_file(out)
+    if foreign is not None:
+        raise SummaryError(
+            f"{foreign} exists and was not written by sdd-summary: it is left as it is\n"
+            "write the summary elsewhere with --out DIR (or move that file away)"
+        )
+    table = io.StringIO(newline="")
+    records = _csv_rows(rows)
+    writer = csv.DictWriter(table, fieldnames=list(records[0]))
+    writer.writeheader()
+    writer.writerows(records)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        write_atomically(out / "summary.md", f"{MARKER}\n{to_markdown(rows)}{failed_markdown(rows)}".encode())
+        write_atomically(out / "summary.csv", table.getvalue().encode())
+        figures = plot_summary(rows, out)
+    except OSError as error:
+        message = unwritable_output(error, "--out DIR")
+        if message is None:
+            raise
+        raise SummaryError(message) from error
+    return runs, rows, [out / "summary.md", out / "summary.csv", *figures]
+
+
+def _debug_requested() -> bool:
+    """``reporting.debug_requested()``, imported (with Lightning, seconds) only when one of its variables is set."""
+    if not {"SDD_DEBUG", "HYDRA_FULL_ERROR"} & set(os.environ):
+        return False
+    from sdd_lightning.reporting import debug_requested
+
+    return debug_requested()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point of ``sdd-summary``: prints the table and writes it and the figures.
+
+    Returns the exit status: 0, or 2 with a two-line message on stderr for a folder it cannot use.
+    """
     parser = argparse.ArgumentParser(prog="sdd-summary", description=__doc__.splitlines()[0])
     parser.add_argument("directory", type=Path, help="a sweep folder (or any folder holding run folders)")
     parser.add_argument("--out", type=Path, default=None, help="where to write summary.md/.csv/.png (default: DIR)")
     args = parser.parse_args(argv)
-    if not args.directory.is_dir():
-        raise SystemExit(f"sdd-summary: {args.directory} is not a folder: give the folder of a sweep or a run")
-    runs = collect(args.directory)
-    if not runs:
-        raise SystemExit(
-            f"sdd-summary: no run folder (results.json or config_resolved.yaml) under {args.directory}; "
-            "give the folder sdd-train wrote (outputs/<task>/runs/... or .../multiruns/...)"
-        )
-    rows = summarize(runs)
-    markdown = to_markdown(rows)
-    out = args.out or args.directory
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "summary.md").write_text(markdown)
-    table = _csv_rows(rows)
-    with (out / "summary.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(table[0]))
-        writer.writeheader()
-        writer.writerows(table)
-    from sdd_lightning.summary_plots import plot_summary
-
-    written = [out / "summary.md", out / "summary.csv", *plot_summary(rows, out)]
-    print(markdown, flush=True)
+    try:
+        runs, rows, written = write_summary(args.directory, args.out)
+    except SummaryError as error:
+        if _debug_requested():
+            raise
+        print(f"sdd-summary: {error}", file=sys.stderr)
+        return 2
+    print(to_markdown(rows) + failed_markdown(rows), flush=True)
     for line in warnings(rows):
         print(line, file=sys.stderr, flush=True)
     print(f"{len(runs)} runs; written to {', '.join(str(p) for p in written)}")
-    return rows
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -5,15 +5,18 @@ seeds with a ± one standard deviation whisker, the published number as a black 
 written beside the bar. ``summary_curves.png``: validation top-1 per epoch of every run, one colour per
 setting (the same colours as the bars); unfinished, interrupted and failed runs dashed. Drawn with
 matplotlib's Agg canvas (no display, no global backend switch); without matplotlib the figures are
-skipped with a one-line notice.
+skipped with a one-line notice. Each figure is written whole or not at all.
 """
 
 from __future__ import annotations
 
+import io
 import sys
 import textwrap
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from sdd_lightning.model_card import write_atomically
 
 if TYPE_CHECKING:
     from sdd_lightning.summary import SettingRow
@@ -81,7 +84,14 @@ def _bars(rows: list[SettingRow], colours: list[Any], path: Path) -> None:
     if published_label:
         ax.plot([], [], marker="D", color="black", linestyle="none", label=published_label)
         ax.legend(loc="lower right", fontsize=9)
-    fig.savefig(path, dpi=120)
+    _save(fig, path)
+
+
+def _save(fig: Any, path: Path) -> None:
+    """Writes the figure as a PNG, whole or not at all."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
+    write_atomically(path, buffer.getvalue())
 
 
 def _draw_curves(ax: Any, rows: list[SettingRow], colours: list[Any], first_epoch: int = 0) -> None:
@@ -128,7 +138,7 @@ def _curves(rows: list[SettingRow], colours: list[Any], path: Path) -> bool:
         axes[1].set_title("last quarter of the epochs (zoomed)")
     fig.suptitle("Validation top-1 per epoch: one line per run, one colour per setting")
     fig.legend(handles=handles, loc="outside lower center", fontsize=9, frameon=False)
-    fig.savefig(path, dpi=120)
+    _save(fig, path)
     return True
 
 
