@@ -79,7 +79,7 @@ def test_cli_returns_the_exit_code(monkeypatch, capsys):
 def test_a_folder_in_use_is_refused_and_a_dead_process_lock_is_taken_over(tmp_path, caplog):
     holder = os.open(tmp_path / ".lock", os.O_RDWR | os.O_CREAT)
     try:
-        fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.lockf(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
         os.write(holder, json.dumps({"pid": 4242, "host": "node7", "started": "2026-01-01T00:00:00"}).encode())
         result = sdd_train([*TINY, "epochs=1", f"hydra.run.dir={tmp_path}"])
     finally:
@@ -100,15 +100,16 @@ def test_a_folder_in_use_is_refused_and_a_dead_process_lock_is_taken_over(tmp_pa
 
 
 def test_only_the_first_process_of_a_run_takes_the_lock(tmp_path, monkeypatch):
-    with run_lock.hold_run_folder(tmp_path):
-        monkeypatch.setenv("LOCAL_RANK", "1")  # a DDP rank Lightning started in the same folder
+    for variable in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"):
+        monkeypatch.setenv(variable, "0")
+    with run_lock.hold_run_folder(tmp_path / "rank0"):
+        assert (tmp_path / "rank0" / ".lock").read_text().startswith(f'{{"pid": {os.getpid()},')
+    for variable in ("LOCAL_RANK", "NODE_RANK"):  # a DDP rank Lightning started into the same folder
+        monkeypatch.setenv(variable, "1")
         assert not run_lock.launched_as_rank_zero()
-        with run_lock.hold_run_folder(tmp_path):
-            pass
-        monkeypatch.setenv("LOCAL_RANK", "0")
-        in_use = pytest.raises(run_lock.RunFolderInUse, match=f"in use by process {os.getpid()}")
-        with in_use, run_lock.hold_run_folder(tmp_path):
-            pass
+        with run_lock.hold_run_folder(tmp_path / variable):
+            assert not (tmp_path / variable / ".lock").exists()
+        monkeypatch.setenv(variable, "0")
 
 
 # -- failures inside a run -----------------------------------------------------------------------------

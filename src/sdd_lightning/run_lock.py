@@ -1,11 +1,13 @@
 """One run per output folder: a run holds an exclusive lock on ``<run dir>/.lock`` while it runs.
 
 Two runs writing into one folder would overwrite each other's checkpoints and ``results.json``, and the
-second would resume from a ``last.ckpt`` that the first is still writing. The lock is an ``flock`` on
-``.lock``, which holds the pid, host and start time of its holder. The kernel drops the lock when its
-process dies however it dies, so a lock file left by a dead process is free and is simply taken over
-(the log says so). The file is emptied, not removed, when the run ends: removing it would let two later
-runs lock two different files of the same name.
+second would resume from a ``last.ckpt`` that the first is still writing. The lock is a POSIX record lock
+(``fcntl.lockf``) on ``.lock``, which holds the pid, host and start time of its holder. The kernel drops
+the lock when its process dies however it dies, and, unlike ``flock``, processes forked from it (DataLoader
+workers that outlive it for a moment) do not hold it; it also works on NFS. So a lock file left by a dead
+process is free and is simply taken over (the log says so). The file is emptied, not removed, when the run
+ends: removing it would let two later runs lock two different files of the same name. (Being per process,
+the lock does not stop a second run started inside the same Python process.)
 
 Only the first process of a run takes the lock: the other processes of a DDP run (Lightning starts them
 by re-running the same command, with the same ``hydra.run.dir``) share their rank 0's folder.
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import errno
 import fcntl
 import json
 import logging
@@ -82,8 +85,10 @@ def hold_run_folder(run_dir: str | os.PathLike) -> Iterator[None]:
     fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            if error.errno not in (errno.EACCES, errno.EAGAIN):
+                raise
             raise RunFolderInUse(run_dir, _read_holder(fd)) from None
         previous = _read_holder(fd)
         if previous:
