@@ -1,4 +1,4 @@
-"""Helpers of the fault and resume tests: a failing callback, runs in subprocesses, metrics files."""
+"""Helpers of the fault and resume tests: failing and signalling callbacks, runs in subprocesses, metrics files."""
 
 from __future__ import annotations
 
@@ -28,6 +28,18 @@ class FailAtStep(L.Callback):
     def on_train_batch_end(self, trainer: L.Trainer, *args) -> None:
         if trainer.global_step >= self.step:
             raise RuntimeError(f"injected failure at step {trainer.global_step}")
+
+
+class SignalAtStep(L.Callback):
+    """Sends this process ``signum`` (2: SIGINT, as Ctrl+C does) at the end of the training batch of ``step``."""
+
+    def __init__(self, step: int, signum: int = signal.SIGINT) -> None:
+        self.step = step
+        self.signum = signum
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), self.signum)
 
 
 def app_env(**extra: str) -> dict[str, str]:

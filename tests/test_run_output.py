@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import subprocess
 import sys
@@ -111,6 +112,10 @@ def test_a_configuration_error_is_two_lines_and_sdd_debug_shows_the_traceback(tm
     assert len(lines) == 2, result.stderr
     assert lines[0].startswith("sdd-train: configuration error: unknown student.arch='resnet9000'")
     assert lines[1] == "(SDD_DEBUG=1 shows the full traceback)"
+    # the run folder exists (Hydra made it for train.log): it says the run failed, and why
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["status"] == "failed" and results["error"] == lines[0].removeprefix("sdd-train: ")
+    assert "student.arch=resnet9000" in results["overrides"]
     debug = sdd_train(args, SDD_DEBUG="1")
     assert debug.returncode != 0 and "Traceback" in debug.stderr and "ConfigError" in debug.stderr
 
@@ -121,7 +126,9 @@ def test_a_data_error_inside_fit_is_short(tmp_path):
     result = sdd_train([*args, "callbacks=quiet", f"hydra.run.dir={tmp_path / 'run'}"])
     assert result.returncode == 2, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
+    started = "sdd-train: tiny_cnn, no teacher, 1 epochs on CIFAR-100; writing to "
     message = [line for line in result.stderr.splitlines() if line.startswith("sdd-train:")]
+    assert message.pop(0).startswith(started)  # the start line, then the error
     assert len(message) == 1 and message[0].startswith(f"sdd-train: data error: CIFAR-100 not found under {missing}")
     assert "data.root=" in result.stderr
 

@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 import lightning as L
+import torch
 from hydra.errors import InstantiationException
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -45,7 +46,9 @@ __all__ = [
     "build_loggers",
     "build_module",
     "build_network",
+    "check_accelerator",
     "check_config",
+    "check_scales_fit",
     "is_distillation",
 ]
 
@@ -250,6 +253,59 @@ def build_module(cfg: DictConfig, num_classes: int) -> ClassificationModule:
         teacher_acc1_margin=cfg.teacher.get("acc1_margin", 0.01),
         **common,
     )
+
+
+def check_accelerator(cfg: DictConfig, trainer_choice: str | None = None) -> None:
+    """Refuses a GPU trainer (``trainer=gpu``, ``trainer=ddp``) on a machine without CUDA, naming the CPU ones."""
+    accelerator = str(cfg.trainer.get("accelerator", "cpu"))
+    if accelerator in {"gpu", "cuda"} and not torch.cuda.is_available():
+        given = f"trainer={trainer_choice}" if trainer_choice else f"trainer.accelerator={accelerator}"
+        raise ConfigError(
+            f"{given} needs a CUDA GPU, and torch finds none on this machine: use trainer=cpu "
+            "(or trainer=ddp_sim for a multi-process run on CPUs)"
+        )
+
+
+def _input_side(datamodule: L.LightningDataModule) -> int:
+    """The side of the images the networks see: the data module's crop, else 32 (CIFAR, the synthetic set)."""
+    return int(getattr(datamodule, "crop_size", None) or 32)
+
+
+def check_scales_fit(module: L.LightningModule, datamodule: L.LightningDataModule) -> None:
+    """Refuses a scale whose grid is finer than the student's or teacher's final feature map.
+
+    Finds the maps' sides with one forward pass of a blank image in eval mode, without gradients, leaving
+    BatchNorm statistics, training modes and the random generators as they were. Compiled networks are
+    not run (their first call would compile them).
+    """
+    if not isinstance(module, DistillationModule) or max(module.head.scales) == 1:
+        return
+    if module.hparams.get("compile"):
+        return
+    side = _input_side(datamodule)
+    image = torch.zeros(1, 3, side, side)
+    modes = {m: m.training for m in module.modules()}
+    sides = {}
+    try:
+        module.eval()
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            for role, features in (("student", module.student_features), ("teacher", module.teacher_features)):
+                feature_map, _ = features(image)
+                sides[role] = min(feature_map.shape[-2:])
+    except Exception:  # a network that cannot run here fails in training with its own error
+        return
+    finally:
+        for m, training in modes.items():
+            m.training = training
+    smallest = min(sides.values())
+    too_large = [s for s in module.head.scales if s > smallest]
+    if too_large:
+        maps = ", ".join(f"the {role}'s is {s}x{s}" for role, s in sides.items())
+        usable = [s for s in module.head.scales if s <= smallest]
+        raise ConfigError(
+            f"distill.scales={list(module.head.scales)}: scale {too_large[0]} is finer than the final feature map "
+            f"of {side}x{side} images ({maps}): the largest usable side is {smallest}; e.g. distill.scales={usable}"
+        )
 
 
 # data module class -> the data set's name in conf/published.yaml

@@ -1,4 +1,4 @@
-"""Callbacks of the dashboards: pictures of the regions SDD distils, logged as the run goes."""
+"""Callbacks of a run: a stop at the first non-finite loss, and pictures of the regions SDD distils."""
 
 from __future__ import annotations
 
@@ -11,9 +11,34 @@ from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 
 from sdd_lightning.module import DistillationModule
 
-__all__ = ["RegionMaps"]
+__all__ = ["FiniteLossCheck", "RegionMaps", "TrainingDiverged"]
 
 log = logging.getLogger(__name__)
+
+
+class TrainingDiverged(RuntimeError):
+    """The training loss became NaN or infinite: the run cannot recover from it."""
+
+
+class FiniteLossCheck(L.Callback):
+    """Stops the run at the first training step whose loss is not finite, before its backward pass.
+
+    The step's weights are then still those of the previous step, and ``LastCheckpoint`` does not save on a
+    failure, so ``last.ckpt`` stays the last good epoch's. The check reads the loss on the host once a step.
+    """
+
+    def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss: torch.Tensor) -> None:
+        if bool(torch.isfinite(loss.detach()).all()):
+            return
+        lrs = [group.get("initial_lr", group["lr"]) for opt in trainer.optimizers for group in opt.param_groups]
+        hint = "lower the learning rate"
+        if lrs:
+            lr = float(lrs[0])
+            hint += f", e.g. optimizer.lr={lr / 10:.3g} (this run: optimizer.lr={lr:.3g})"
+        raise TrainingDiverged(
+            f"the training loss is {float(loss.detach().float().flatten()[0])} at global step {trainer.global_step} "
+            f"(epoch {trainer.current_epoch}): {hint}, or check the data"
+        )
 
 
 class RegionMaps(L.Callback):

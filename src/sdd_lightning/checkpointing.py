@@ -17,7 +17,11 @@
 - ``graceful_interrupts()`` turns Ctrl+C (SIGINT) into SIGTERM. Lightning handles SIGTERM by finishing
   the current batch and raising ``SIGTERMException``; ``LastCheckpoint`` then writes ``last.ckpt``.
   A bare ``KeyboardInterrupt`` could land in the middle of an optimiser step and save half-updated
-  weights; this path cannot.
+  weights; this path cannot. It remembers which signal it was, so the log and the final message name it.
+- ``RunRecord`` keeps a run's time, attempts and networks in its checkpoints, so a resumed run reports the
+  time of all its attempts, and ``check_resume_fits`` refuses a resume with other networks by name.
+- ``AtomicCheckpointIO`` names the checkpoint in a failed write's ``OSError`` (a full disk), so the
+  run's message names the file; the temporary is removed and the previous file is left as it was.
 - ``DistributedStop`` makes that stop safe with several processes: every process notes the signal, and
   all of them agree at the end of a training batch (one all-reduce) to stop at the same step, so the
   checkpoint of the stop is written once and no process waits in a collective the others never enter.
@@ -29,8 +33,10 @@ import contextlib
 import logging
 import os
 import random
+import re
 import secrets
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -50,10 +56,14 @@ from sdd_lightning.loggers import LogContinuation
 __all__ = [
     "AtomicCheckpointIO",
     "DistributedStop",
+    "Interrupt",
     "LastCheckpoint",
     "RNGStateCallback",
+    "RunRecord",
     "ScheduleCheck",
     "StaleTemporaryCleanup",
+    "check_resume_fits",
+    "describe_load_failure",
     "graceful_interrupts",
     "remove_stale_temporaries",
     "resume_callbacks",
@@ -84,9 +94,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
-        except BaseException:
+        except BaseException as error:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
+            if isinstance(error, OSError) and error.errno is not None and not error.filename:
+                # a failed write (a full disk) names no file: name the checkpoint, so the message can
+                raise OSError(error.errno, error.strerror or os.strerror(error.errno), str(path)) from error
             raise
 
 
@@ -257,22 +270,58 @@ def _reconcile_scheduler(restored: Any, fresh: Any) -> list[str]:
     return [f"{name} {k} {_shown(old_state[k])} -> {_shown(new_state[k])}" for k in changed]
 
 
+class Interrupt(logging.Filter):
+    """Which signal stopped the run: SIGINT (Ctrl+C) when ``graceful_interrupts`` saw one, else SIGTERM.
+
+    As a logging filter on Lightning's signal connector, it names Ctrl+C in Lightning's "Received SIGTERM"
+    line when that SIGTERM came from Ctrl+C.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sigint = False
+
+    @property
+    def signal_name(self) -> str:
+        return "SIGINT" if self.sigint else "SIGTERM"
+
+    @property
+    def description(self) -> str:
+        return "interrupted by Ctrl+C (SIGINT)" if self.sigint else "stopped by SIGTERM"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.sigint and isinstance(record.msg, str) and "Received SIGTERM" in record.msg:
+            record.msg = re.sub(r"Received SIGTERM: \d+", "Received SIGINT (Ctrl+C): stopping cleanly", record.msg)
+        return True
+
+
+_SIGNAL_LOGGER = "lightning.pytorch.trainer.connectors.signal_connector"
+
+
 @contextlib.contextmanager
-def graceful_interrupts() -> Iterator[None]:
-    """Within the block, Ctrl+C asks for the same clean stop as SIGTERM (see the module docstring)."""
+def graceful_interrupts() -> Iterator[Interrupt]:
+    """Within the block, Ctrl+C asks for the same clean stop as SIGTERM (see the module docstring).
+
+    Yields an :class:`Interrupt` that says which of the two signals it was.
+    """
+    interrupt = Interrupt()
 
     def to_sigterm(signum: int, frame: Any) -> None:
+        interrupt.sigint = True
         os.kill(os.getpid(), signal.SIGTERM)
 
     try:
         previous = signal.signal(signal.SIGINT, to_sigterm)
     except ValueError:  # not the main thread: leave signals alone
-        yield
+        yield interrupt
         return
+    signal_log = logging.getLogger(_SIGNAL_LOGGER)
+    signal_log.addFilter(interrupt)
     try:
-        yield
+        yield interrupt
     finally:
         signal.signal(signal.SIGINT, previous)
+        signal_log.removeFilter(interrupt)
 
 
 class DistributedStop(L.Callback):
@@ -319,6 +368,103 @@ class DistributedStop(L.Callback):
             )
             # what Lightning's own handler sets; the training loop raises SIGTERMException at this batch's end
             trainer._signal_connector.received_sigterm = True
+
+
+class RunRecord(L.Callback):
+    """Carries a run's history in its checkpoints: the time and attempts spent so far, and its networks.
+
+    ``wall_time_s`` and ``attempts`` count every attempt of a resumed run (up to the checkpoint it resumed
+    from); ``networks`` (the architecture settings) lets a resume with other networks be refused by name
+    (:func:`check_resume_fits`). Only fitting restores the record: testing a best checkpoint leaves it alone.
+    """
+
+    def __init__(self, networks: dict[str, Any] | None = None) -> None:
+        self.started = time.perf_counter()
+        self.earlier_wall_time_s = 0.0
+        self.earlier_attempts = 0
+        self.networks = networks or {}
+        self.trainer: L.Trainer | None = None
+        self._stage: str | None = None
+
+    @property
+    def wall_time_s(self) -> float:
+        return self.earlier_wall_time_s + time.perf_counter() - self.started
+
+    @property
+    def attempts(self) -> int:
+        return self.earlier_attempts + 1
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self.trainer, self._stage = trainer, stage
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"wall_time_s": self.wall_time_s, "attempts": self.attempts, "networks": self.networks}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if self._stage not in (None, "fit"):
+            return
+        self.earlier_wall_time_s = float(state_dict.get("wall_time_s", 0.0))
+        self.earlier_attempts = int(state_dict.get("attempts", 0))
+
+
+def _shape(value: Any) -> str:
+    return str(list(value.shape)) if isinstance(value, torch.Tensor) else type(value).__name__
+
+
+def _state_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """What keeps ``saved`` (a checkpoint's state_dict) from loading into a module whose state is ``current``."""
+    differences = [
+        f"{key}: checkpoint {_shape(saved[key])}, this run {_shape(value)}"
+        for key, value in current.items()
+        if key in saved and _shape(saved[key]) != _shape(value)
+    ]
+    missing = [key for key in current if key not in saved]
+    unexpected = [key for key in saved if key not in current]
+    if missing:
+        differences.append(f"{len(missing)} weights of this run are not in the checkpoint (e.g. {missing[0]})")
+    if unexpected:
+        differences.append(f"the checkpoint has {len(unexpected)} weights this run lacks (e.g. {unexpected[0]})")
+    return differences
+
+
+def _refuse_resume(ckpt_path: str | os.PathLike, differences: list[str]) -> ConfigError:
+    shown = "; ".join(differences[:3]) + ("; ..." if len(differences) > 3 else "")
+    return ConfigError(
+        f"cannot resume {ckpt_path}: it holds other networks than this run's ({shown}). Resume with the "
+        "configuration the run was started with, or start a new run with hydra.run.dir=<a new folder>"
+    )
+
+
+def check_resume_fits(ckpt_path: str | os.PathLike, pl_module: L.LightningModule, networks: dict[str, Any]) -> None:
+    """Raises ``ConfigError`` naming what differs when the checkpoint to resume cannot load into ``pl_module``.
+
+    Compares the checkpoint's ``RunRecord`` networks with ``networks``, then the weights' names and shapes.
+    A checkpoint that cannot be read this way is left to Lightning.
+    """
+    try:
+        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # Lightning's own load reports it
+        return
+    record = (checkpoint.get("callbacks") or {}).get(RunRecord.__qualname__) or {}
+    saved_networks = record.get("networks") or {}
+    differences = [
+        f"{key}: checkpoint {saved_networks[key]}, this run {value}"
+        for key, value in networks.items()
+        if key in saved_networks and saved_networks[key] != value
+    ]
+    if not differences and isinstance(checkpoint.get("state_dict"), dict):
+        differences = _state_differences(checkpoint["state_dict"], pl_module.state_dict())
+    if differences:
+        raise _refuse_resume(ckpt_path, differences)
+
+
+def describe_load_failure(ckpt_path: str | os.PathLike, error: RuntimeError) -> ConfigError | None:
+    """A ``ConfigError`` for torch's "Error(s) in loading state_dict" when resuming, or ``None`` for another."""
+    text = str(error)
+    if "Error(s) in loading state_dict" not in text:
+        return None
+    details = [line.strip().rstrip(".") for line in text.splitlines()[1:] if line.strip()]
+    return _refuse_resume(ckpt_path, details or [text.splitlines()[0]])
 
 
 def resume_callbacks() -> list[L.Callback]:

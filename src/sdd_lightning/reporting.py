@@ -5,10 +5,11 @@
   ``sdd-train`` can act on (``quiet_warnings``). ``EvalModeCheck`` replaces Lightning's "modules in eval
   mode" warning, which the frozen teacher always triggers, by one that names only modules that train.
 - ``reported_errors()`` and ``run_cli()`` turn the errors a user fixes (a bad config value, a broken
-  data set, an output folder that cannot be written, a teacher that fails its check) and a lost DDP
-  process into a short message
+  data set, an output folder that cannot be written or is full, a folder in use by another run, a
+  teacher that fails its check, a loss that diverged) and a lost DDP process into a short message
   without a traceback. ``SDD_DEBUG=1`` (or ``HYDRA_FULL_ERROR=1``) shows the full traceback instead.
-- ``log_result()`` prints a finished run's numbers and where its files are.
+- ``log_start()`` says at a run's start what it trains, for how long and where it writes;
+  ``log_result()`` prints a finished run's numbers and where its files are.
 """
 
 from __future__ import annotations
@@ -30,8 +31,10 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 
 from sdd_lightning.builders import ConfigError
+from sdd_lightning.callbacks import TrainingDiverged
 from sdd_lightning.data.errors import DatasetError
 from sdd_lightning.module import TeacherCheckError
+from sdd_lightning.run_lock import RunFolderInUse
 
 __all__ = [
     "DEBUG_ENV",
@@ -39,10 +42,13 @@ __all__ = [
     "debug_requested",
     "describe_error",
     "log_result",
+    "log_start",
     "quiet_warnings",
+    "report_error",
     "reported_errors",
     "run_cli",
     "setup_run_logging",
+    "short_error",
 ]
 
 log = logging.getLogger("sdd_lightning")
@@ -157,7 +163,8 @@ def _run_dir() -> Path | None:
     return None
 
 
-_UNWRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
+_FULL = {errno.ENOSPC, errno.EDQUOT}
+_UNWRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS, *_FULL}
 
 
 def _lost_process(error: BaseException) -> bool:
@@ -189,17 +196,26 @@ def describe_error(error: BaseException) -> tuple[str, int] | None:
             return f"sdd-train: data error: {_original_message(cause)}", 2
         if isinstance(cause, TeacherCheckError):
             return f"sdd-train: teacher check failed: {cause}", 2
+        if isinstance(cause, RunFolderInUse):
+            return f"sdd-train: {cause}", 2
+        if isinstance(cause, TrainingDiverged):
+            return f"sdd-train: training diverged: {cause}", 1
         if isinstance(cause, OSError) and cause.errno in _UNWRITABLE and cause.filename:
             path = Path(os.fspath(cause.filename)).absolute()
             run_dir = _run_dir()
+            full = cause.errno in _FULL
             if run_dir is None or run_dir.absolute() in (path, *path.parents):
                 folder = run_dir or path.parent
                 fix = (
-                    f"the output folder {folder} must be writable: give another with hydra.run.dir=<folder> "
+                    f"free space on the disk of {folder} (or raise the quota) and rerun with the same "
+                    f"hydra.run.dir to resume from its last checkpoint, which is intact, or write elsewhere with "
+                    f"hydra.run.dir=<folder>"
+                    if full
+                    else f"the output folder {folder} must be writable: give another with hydra.run.dir=<folder> "
                     "(hydra.sweep.dir=<folder> with -m), or fix its permissions"
                 )
             else:
-                fix = "check the file's permissions"
+                fix = "free space on its disk" if full else "check the file's permissions"
             return f"sdd-train: cannot use {path}: {cause.strerror}; {fix}", 2
     for cause in chain:
         if _lost_process(cause):
@@ -215,6 +231,28 @@ def describe_error(error: BaseException) -> tuple[str, int] | None:
     return None
 
 
+def short_error(error: BaseException) -> tuple[str, int]:
+    """``describe_error``'s message and exit code, or for any other error its type and first line (exit 1)."""
+    report = describe_error(error)
+    if report is not None:
+        return report
+    first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return f"sdd-train: the run failed: {type(error).__name__}{': ' if first else ''}{first}", 1
+
+
+def report_error(error: BaseException) -> tuple[str, int]:
+    """Logs a run's failure: a known error's short message, any other error with its traceback, as a bug.
+
+    Call it while handling ``error``. Returns ``short_error(error)``.
+    """
+    message, code = short_error(error)
+    if describe_error(error) is None or debug_requested():
+        log.error("sdd-train: the run failed", exc_info=error)
+    else:
+        log.error(f"{message}\n{_DEBUG_HINT}")
+    return message, code
+
+
 @contextlib.contextmanager
 def reported_errors() -> Iterator[None]:
     """Within the block, a known error (``describe_error``) ends the process with its short message.
@@ -226,16 +264,10 @@ def reported_errors() -> Iterator[None]:
         yield
     except (SystemExit, KeyboardInterrupt):
         raise
-    except BaseException as error:
+    except Exception as error:
         if debug_requested():
             raise
-        report = describe_error(error)
-        if report is None:
-            log.exception("sdd-train: the run failed")
-            raise SystemExit(1) from None
-        message, code = report
-        log.error(f"{message}\n{_DEBUG_HINT}")
-        raise SystemExit(code) from None
+        raise SystemExit(report_error(error)[1]) from None
 
 
 def run_cli(hydra_main: Callable[[], Any]) -> Any:
@@ -287,3 +319,31 @@ def log_result(results: dict[str, Any], run_dir: str | os.PathLike) -> None:
         f"sdd-train: finished {results.get('epochs')} epochs in {results.get('wall_time_s', 0):.0f} s: {numbers}\n"
         f"sdd-train: run folder {Path(run_dir)} (results.json, checkpoints/, train.log)"
     )
+
+
+# data module class -> how the start line names its data
+_DATA_TITLES = {
+    "Cifar100DataModule": "CIFAR-100",
+    "Cub200DataModule": "CUB-200-2011",
+    "ImageNetDataModule": "ImageNet",
+    "SyntheticDataModule": "the synthetic shapes set",
+}
+
+
+def log_start(
+    *,
+    setting: str | None,
+    student: str,
+    teacher: str | None,
+    method: str,
+    data_class: str,
+    epochs: int,
+    run_dir: str | os.PathLike,
+    resume_from: str | None = None,
+) -> None:
+    """One line at a run's start: what it trains, for how many epochs, on what, and where it writes."""
+    trains = f"{teacher} -> {student}, {method.upper().replace('_', '-')}" if teacher else f"{student}, no teacher"
+    name = f"{setting}: " if setting else ""
+    data = _DATA_TITLES.get(data_class, data_class)
+    resuming = f" (resuming from {resume_from})" if resume_from else ""
+    log.info(f"sdd-train: {name}{trains}, {epochs} epochs on {data}; writing to {Path(run_dir)}{resuming}")
