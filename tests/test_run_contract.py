@@ -222,3 +222,22 @@ def test_ctrl_c_stops_cleanly_and_is_named_as_sigint(tmp_path, caplog):
     results = read_results(tmp_path)
     assert results["status"] == "interrupted" and results["stopped_by"] == "SIGINT"
     assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2
+
+
+def test_on_an_accelerator_the_loss_check_reads_the_device_flag_at_the_logging_cadence():
+    """No host synchronisation per step: a NaN at step 3 is recorded on the device and reported at step 10."""
+    from types import SimpleNamespace
+
+    from sdd_lightning.callbacks import FiniteLossCheck
+
+    check = FiniteLossCheck()
+    trainer = SimpleNamespace(global_step=0, current_epoch=0, log_every_n_steps=10, optimizers=[])
+    check.on_train_start(trainer, SimpleNamespace(device=torch.device("cpu")))
+    assert check._read_every == 1
+    check._read_every = 10  # what an accelerator gets: trainer.log_every_n_steps
+    for step, value in [(1, 1.0), (2, 2.0), (3, float("nan")), (4, 1.0)]:
+        trainer.global_step = step
+        check.on_before_backward(trainer, None, torch.tensor(value))  # recorded, not read
+    trainer.global_step = 10
+    with pytest.raises(TrainingDiverged, match=r"became non-finite at global step 3 \(epoch 0\)"):
+        check.on_before_backward(trainer, None, torch.tensor(1.0))
