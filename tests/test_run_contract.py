@@ -58,7 +58,7 @@ def test_a_sweep_goes_on_after_a_failed_and_a_diverged_job_and_exits_non_zero(tm
     assert lines[-1] == "sdd-train: 2 of 3 jobs failed (each one's results.json says why)"
     assert "Traceback" not in result.stderr
     # every job says at its start what it trains, for how long and where
-    start = "sdd-train: tiny_cnn, no teacher, 1 epochs on the synthetic shapes set; writing to "
+    start = "sdd-train: tiny_cnn, no teacher, 1 epoch on the synthetic shapes set; writing to "
     assert all(f"{start}{tmp_path / str(job)}" in lines for job in range(3)), result.stderr[-3000:]
 
 

@@ -65,12 +65,12 @@ def test_a_run_prints_its_result_keeps_its_log_and_shows_only_warnings_that_matt
     for what, text in NOISE.items():
         assert text not in output, f"{what} is still shown:\n{output[-3000:]}"
     assert "smaller than the logging interval" in output  # a real warning still shows
-    assert "sdd-train: finished 1 epochs" in result.stderr
+    assert "sdd-train: finished 1 epoch" in result.stderr
     for name in ("top-1", "best top-1", "top-5", "teacher top-1"):
         assert f"{name} " in result.stderr, name
     assert f"run folder {tmp_path}" in result.stderr
     log = (tmp_path / "train.log").read_text()
-    assert "Trainer.fit` stopped" in log and "sdd-train: finished 1 epochs" in log
+    assert "Trainer.fit` stopped" in log and "sdd-train: finished 1 epoch" in log
     assert "smaller than the logging interval" in log and "litlogger" not in log
 
 
@@ -126,7 +126,7 @@ def test_a_data_error_inside_fit_is_short(tmp_path):
     result = sdd_train([*args, "callbacks=quiet", f"hydra.run.dir={tmp_path / 'run'}"])
     assert result.returncode == 2, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
-    started = "sdd-train: tiny_cnn, no teacher, 1 epochs on CIFAR-100; writing to "
+    started = "sdd-train: tiny_cnn, no teacher, 1 epoch on CIFAR-100; writing to "
     message = [line for line in result.stderr.splitlines() if line.startswith("sdd-train:")]
     assert message.pop(0).startswith(started)  # the start line, then the error
     assert len(message) == 1 and message[0].startswith(f"sdd-train: data error: CIFAR-100 not found under {missing}")

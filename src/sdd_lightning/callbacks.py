@@ -59,8 +59,8 @@ class FiniteLossCheck(L.Callback):
         if lrs:
             lr = float(lrs[0])
             hint += f", e.g. optimizer.lr={lr / 10:.3g} (this run: optimizer.lr={lr:.3g})"
-        value = float(loss.detach().float().flatten()[0]) if loss is not None and first_bad == trainer.global_step else None
-        what = "became non-finite" if value is None else f"is {value}"
+        known = loss is not None and first_bad == trainer.global_step
+        what = f"is {float(loss.detach().float().flatten()[0])}" if known else "became non-finite"
         raise TrainingDiverged(
             f"the training loss {what} at global step {first_bad} (epoch {trainer.current_epoch}): {hint}, "
             "or check the data"

@@ -301,6 +301,10 @@ def run_cli(hydra_main: Callable[[], Any]) -> Any:
         raise SystemExit(report[1]) from None
 
 
+def _epochs(count: Any) -> str:
+    return f"{count} epoch" if count == 1 else f"{count} epochs"
+
+
 def _percent(value: float | None) -> str | None:
     return None if value is None else f"{100 * value:.2f}%"
 
@@ -316,7 +320,7 @@ def log_result(results: dict[str, Any], run_dir: str | os.PathLike) -> None:
     ]
     numbers = ", ".join(f"{name} {value}" for name, value in parts if value is not None)
     log.info(
-        f"sdd-train: finished {results.get('epochs')} epochs in {results.get('wall_time_s', 0):.0f} s: {numbers}\n"
+        f"sdd-train: finished {_epochs(results.get('epochs'))} in {results.get('wall_time_s', 0):.0f} s: {numbers}\n"
         f"sdd-train: run folder {Path(run_dir)} (results.json, checkpoints/, train.log)"
     )
 
@@ -346,4 +350,4 @@ def log_start(
     name = f"{setting}: " if setting else ""
     data = _DATA_TITLES.get(data_class, data_class)
     resuming = f" (resuming from {resume_from})" if resume_from else ""
-    log.info(f"sdd-train: {name}{trains}, {epochs} epochs on {data}; writing to {Path(run_dir)}{resuming}")
+    log.info(f"sdd-train: {name}{trains}, {_epochs(epochs)} on {data}; writing to {Path(run_dir)}{resuming}")
