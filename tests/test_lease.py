@@ -123,6 +123,8 @@ def assert_within_device_limits(out: Path) -> None:
     assert not [p for p in out.rglob("*") if p.is_symlink()]
 
 
+# 75 s of two full lease cycles: the rehearsal before a GPU lease (`make test-all`), not part of the default suite
+@pytest.mark.slow
 def test_lease_cycle_on_cpu(tmp_path):
     """next -> merge -> next -> merge on a tiny ledger: teacher exported and installed, then both students."""
     # the teacher stage's times are known (as after an earlier lease), so the first lease goes straight to it
