@@ -108,6 +108,8 @@ def test_every_published_setting_builds_the_values_of_the_recipe_table(setting, 
     alpha_beta = [_value(v) for v in row["DKD α/β"].split(" / ")] if row["DKD α/β"] != "-" else [None, None]
     assert [settings.get("alpha"), settings.get("beta")] == alpha_beta
     assert settings.get("gamma") == _value(row["NKD γ"])
+    soft_term = {None: "-", False: "all classes", True: "target excluded"}
+    assert soft_term[settings.get("exclude_target")] == row["NKD soft term"]
     assert "{" + ", ".join(map(str, module.head.scales)) + "}" == row["M"]
     if len(module.head.scales) > 1:
         assert loss.complementary_weight == float(row["β"])

@@ -3,7 +3,8 @@
 KD has a hand-written backward (``_KDRows``); a lost factor ``T`` or a flipped sign there changes no loss
 value, only the training. Every check runs in float64 at several temperatures (``T = 1`` would hide a
 lost factor ``T``) and with random per-row weights on the rows (the upstream gradient of a weighted sum).
-DKD and NKD are differentiated by autograd today; the same checks hold whatever backward they get later.
+DKD and NKD (both forms: the official code's soft term over all classes, and ``exclude_target``) are differentiated
+by autograd today; the same checks hold whatever backward they get later.
 """
 
 from __future__ import annotations
@@ -56,6 +57,13 @@ def textbook_dkd(s, t, y, T):
 
 
 def textbook_nkd(s, t, y, T):
+    """NKD as the official SDD code computes it: the soft term over all classes, the target included."""
+    _, _, ps_y1, pt_y1, _, _ = _softmax_parts(s, t, y, 1.0)
+    ps, pt, *_ = _softmax_parts(s, t, y, T)
+    return -pt_y1 * ps_y1.log() - GAMMA * T**2 * (pt * ps.log()).sum(-1)
+
+
+def textbook_nkd_excluding_the_target(s, t, y, T):
     _, _, ps_y1, pt_y1, _, _ = _softmax_parts(s, t, y, 1.0)
     _, _, _, _, ps_nt, pt_nt = _softmax_parts(s, t, y, T)
     return -pt_y1 * ps_y1.log() - GAMMA * T**2 * (pt_nt * ps_nt.log()).sum(-1)
@@ -64,7 +72,18 @@ def textbook_nkd(s, t, y, T):
 BASES = {
     "kd": (lambda s, t, y, T: kd_loss(s, t, y, temperature=T), textbook_kd),
     "dkd": (lambda s, t, y, T: dkd_loss(s, t, y, temperature=T, alpha=ALPHA, beta=BETA), textbook_dkd),
-    "nkd": (lambda s, t, y, T: nkd_loss(s, t, y, temperature=T, gamma=GAMMA), textbook_nkd),
+    "nkd": (lambda s, t, y, T: nkd_loss(s, t, y, temperature=T, gamma=GAMMA, exclude_target=False), textbook_nkd),
+    "nkd_exclude_target": (
+        lambda s, t, y, T: nkd_loss(s, t, y, temperature=T, gamma=GAMMA, exclude_target=True),
+        textbook_nkd_excluding_the_target,
+    ),
+}
+# the keyword arguments of sdd_loss(base=...) for each entry of BASES
+SDD_KWARGS = {
+    "kd": {"base": "kd"},
+    "dkd": {"base": "dkd", "alpha": ALPHA, "beta": BETA},
+    "nkd": {"base": "nkd", "gamma": GAMMA},
+    "nkd_exclude_target": {"base": "nkd", "gamma": GAMMA, "exclude_target": True},
 }
 
 
@@ -139,7 +158,7 @@ def test_kd_gradient_is_first_order_only():
         torch.autograd.grad(grad.sum(), s)
 
 
-@pytest.mark.parametrize("base", ["dkd", "nkd"])
+@pytest.mark.parametrize("base", ["dkd", "nkd", "nkd_exclude_target"])
 def test_autograd_losses_are_twice_differentiable(base):
     loss, _ = BASES[base]
     s = _logits(3, K, seed=11).requires_grad_()
@@ -174,10 +193,10 @@ def test_sdd_loss_gradient_equals_the_reference_reduction(base, T):
     s, t = _logits(b, r, K, seed=13), _logits(b, r, K, seed=14)
     y = torch.tensor([0, 1, 2, 3, 4])
     t[torch.arange(b), :, y] += 3.0  # some regions right, some wrong: both weights occur
-    kwargs = {"kd": {}, "dkd": {"alpha": ALPHA, "beta": BETA}, "nkd": {"gamma": GAMMA}}[base]
+    kwargs = SDD_KWARGS[base]
 
     def ours(s, t, y, T):
-        return sdd_loss(s, t, y, base=base, temperature=T, complementary_weight=2.5, **kwargs)
+        return sdd_loss(s, t, y, temperature=T, complementary_weight=2.5, **kwargs)
 
     def reference(s, t, y, T):
         return _reference_sdd(s, t, y, T, BASES[base][1], 2.5)

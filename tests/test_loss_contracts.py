@@ -12,7 +12,7 @@ K = 7
 SETTINGS = {
     kd_loss: {"temperature": 2.0},
     dkd_loss: {"temperature": 2.0, "alpha": 0.7, "beta": 3.0},
-    nkd_loss: {"temperature": 2.0, "gamma": 1.5},
+    nkd_loss: {"temperature": 2.0, "gamma": 1.5, "exclude_target": False},
 }
 
 
@@ -98,3 +98,4 @@ def test_a_configured_loss_prints_as_the_call_that_builds_it():
     assert repr(KDLoss()) == "KDLoss(temperature=4.0)"
     assert repr(DKDLoss(beta=6)) == "DKDLoss(temperature=4.0, alpha=1.0, beta=6.0)"
     assert eval(repr(NKDLoss(gamma=1.5))) == NKDLoss(gamma=1.5)
+    assert eval(repr(NKDLoss(exclude_target=True))) == NKDLoss(exclude_target=True) != NKDLoss()

@@ -56,15 +56,41 @@ def test_nkd_matches_textbook_and_excludes_the_target(T):
     _, _, ps_y1, pt_y1, _, _ = _textbook_parts(s, t, y, 1.0)
     _, _, _, _, ps_nt, pt_nt = _textbook_parts(s, t, y, T)
     expected = -pt_y1 * ps_y1.log() - 6.0 * T**2 * (pt_nt * ps_nt.log()).sum(-1)
-    torch.testing.assert_close(nkd_loss(s, t, y, temperature=T, gamma=6.0), expected)
+    torch.testing.assert_close(nkd_loss(s, t, y, temperature=T, gamma=6.0, exclude_target=True), expected)
+    torch.testing.assert_close(NKDLoss(temperature=T, gamma=6.0, exclude_target=True)(s, t, y), expected)
     # the non-target term does not depend on the target logit's *relative* value among the rest:
     # raising the target logit of both networks changes only the target term.
     s2, t2 = s.clone(), t.clone()
     s2[torch.arange(5), y] += 5.0
     t2[torch.arange(5), y] += 5.0
-    non_target = nkd_loss(s, t, y, temperature=T, gamma=1.0) - nkd_loss(s, t, y, temperature=T, gamma=0.0)
-    non_target2 = nkd_loss(s2, t2, y, temperature=T, gamma=1.0) - nkd_loss(s2, t2, y, temperature=T, gamma=0.0)
+    kw = {"temperature": T, "exclude_target": True}
+    non_target = nkd_loss(s, t, y, gamma=1.0, **kw) - nkd_loss(s, t, y, gamma=0.0, **kw)
+    non_target2 = nkd_loss(s2, t2, y, gamma=1.0, **kw) - nkd_loss(s2, t2, y, gamma=0.0, **kw)
     torch.testing.assert_close(non_target, non_target2)
+
+
+@pytest.mark.parametrize("T", [1.0, 4.0])
+def test_nkd_by_default_keeps_the_target_in_the_soft_term_as_the_official_code(T):
+    """The official SDD_nkd.py builds its "non-target" mask as ones scattered with 1 at the label (lines 23 and 53 of
+    mdistiller/distillers/SDD_nkd.py in shicaiwei123/SDD-CVPR2024): all ones, so its soft term is the full
+    cross-entropy ``-sum_k softmax(t / T)_k log softmax(s / T)_k`` over every class, the target included, with no
+    renormalisation. The reference below is that formula with probabilities computed directly, in float64."""
+    s, t, y = _logits(5, K), _logits(5, K, seed=1), torch.arange(5) % K
+    _, _, ps_y1, pt_y1, _, _ = _textbook_parts(s, t, y, 1.0)
+    ps, pt, *_ = _textbook_parts(s, t, y, T)
+    expected = -pt_y1 * ps_y1.log() - 6.0 * T**2 * (pt * ps.log()).sum(-1)
+    got = nkd_loss(s, t, y, temperature=T, gamma=6.0, exclude_target=False)
+    assert got.dtype == torch.float64
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(NKDLoss(temperature=T, gamma=6.0)(s, t, y), expected, rtol=1e-12, atol=1e-12)
+    # the two forms differ on every row: the target class carries teacher probability in the official one
+    corrected = nkd_loss(s, t, y, temperature=T, gamma=6.0, exclude_target=True)
+    assert ((got - corrected).abs() > 1e-6).all()
+    # with gamma 0 only the shared target term is left
+    torch.testing.assert_close(
+        nkd_loss(s, t, y, temperature=T, gamma=0.0, exclude_target=False),
+        nkd_loss(s, t, y, temperature=T, gamma=0.0, exclude_target=True),
+    )
 
 
 @pytest.mark.parametrize(
@@ -72,7 +98,8 @@ def test_nkd_matches_textbook_and_excludes_the_target(T):
     [
         ("kd", {"temperature": 4.0}),
         ("dkd", {"temperature": 4.0, "alpha": 1.0, "beta": 8.0}),
-        ("nkd", {"temperature": 4.0, "gamma": 6.0}),
+        ("nkd", {"temperature": 4.0, "gamma": 6.0, "exclude_target": False}),
+        ("nkd", {"temperature": 4.0, "gamma": 6.0, "exclude_target": True}),
     ],
 )
 def test_one_region_equals_the_base_loss(base, kwargs):
@@ -199,6 +226,7 @@ def test_bad_inputs_say_what_is_wrong():
         (KDLoss, {"temperature": 2.0}),
         (DKDLoss, {"temperature": 2.0, "alpha": 0.5, "beta": 6.0}),
         (NKDLoss, {"gamma": 1.5}),
+        (NKDLoss, {"gamma": 1.5, "exclude_target": True}),
     ],
 )
 def test_a_base_loss_class_is_its_function_with_its_settings(cls, settings):
@@ -213,7 +241,7 @@ def test_a_base_loss_class_is_its_function_with_its_settings(cls, settings):
 def test_the_library_defaults_are_the_official_cifar_values():
     assert KDLoss().settings() == {"temperature": 4.0}
     assert DKDLoss().settings() == {"temperature": 4.0, "alpha": 1.0, "beta": 8.0}
-    assert NKDLoss().settings() == {"temperature": 4.0, "gamma": 8.0}
+    assert NKDLoss().settings() == {"temperature": 4.0, "gamma": 8.0, "exclude_target": False}
     loss = ScaleDecoupledLoss()
     assert (loss.base, loss.complementary_weight, loss.consistent_weight, loss.consistency) == (
         KDLoss(),
@@ -231,6 +259,7 @@ def test_the_library_defaults_are_the_official_cifar_values():
         (lambda: DKDLoss(beta=-1), "beta"),
         (lambda: DKDLoss(alpha="1"), "alpha"),
         (lambda: NKDLoss(gamma=-0.5), "gamma"),
+        (lambda: NKDLoss(exclude_target=1), "exclude_target"),
         (lambda: ScaleDecoupledLoss(complementary_weight=-1), "complementary_weight"),
         (lambda: ScaleDecoupledLoss(consistent_weight=float("inf")), "consistent_weight"),
         (lambda: ScaleDecoupledLoss(consistency="majority"), "consistency"),

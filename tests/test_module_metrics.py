@@ -362,7 +362,7 @@ def squared_rows(student, teacher, target):
 def test_the_recorded_hyperparameters_name_the_base_loss_and_its_settings():
     teacher, student = _networks()
     configured = DistillationModule(student, teacher, CLASSES, loss=NKDLoss(temperature=1.0, gamma=0.5))
-    assert configured.hparams["loss"] == {"name": "NKDLoss", "temperature": 1.0, "gamma": 0.5}
+    assert configured.hparams["loss"] == {"name": "NKDLoss", "temperature": 1.0, "gamma": 0.5, "exclude_target": False}
     function = DistillationModule(student, teacher, CLASSES, loss=squared_rows)
     assert function.hparams["loss"] == {"name": "squared_rows"}
 

@@ -63,7 +63,7 @@ METHODS = {
     "none": "plain training with cross-entropy, no teacher",
     "kd": "KD: knowledge distillation of the teacher's softened class probabilities (Hinton et al.)",
     "dkd": "DKD: decoupled knowledge distillation, target and non-target classes weighted apart (Zhao et al.)",
-    "nkd": "NKD: normalized knowledge distillation, the target class left out of the non-target term (Yang et al.)",
+    "nkd": "NKD: normalized knowledge distillation, a target term plus a softened term over the classes (Yang et al.)",
 }
 
 
@@ -374,6 +374,9 @@ def _recipe_rows(card: Mapping[str, Any]) -> list[tuple[str, str]]:
         rows.append(("DKD alpha / beta", f"{_number(loss.get('alpha'))} / {_number(loss['beta'])}"))
     if "gamma" in loss:
         rows.append(("NKD gamma", _number(loss["gamma"])))
+    if "exclude_target" in loss:
+        soft = "the target class left out" if loss["exclude_target"] else "all classes, the target included (official)"
+        rows.append(("NKD soft term", soft))
     if settings.get("warmup_epochs"):
         rows.append(("warm-up", f"the distillation term ramps up over {settings['warmup_epochs']} epochs"))
     scales = settings.get("scales")

@@ -42,6 +42,7 @@ COLUMNS = (
     "KD",
     "DKD α/β",
     "NKD γ",
+    "NKD soft term",
     "warm-up",
     "M",
     "β",
@@ -58,6 +59,13 @@ def _number(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:g}"
     return str(value)
+
+
+def _nkd_soft_term(loss: dict[str, Any]) -> str:
+    """Which classes NKD's soft term runs over: all of them (the official code) or all but the target."""
+    if "exclude_target" not in loss:
+        return "-"
+    return "target excluded" if loss["exclude_target"] else "all classes"
 
 
 def _evidence(cfg: DictConfig) -> dict[str, str]:
@@ -96,6 +104,7 @@ def _row(name: str, cfg: DictConfig, footnotes: dict[str, int]) -> dict[str, str
         "KD": _number(d.kd_weight) if distilling else "-",
         "DKD α/β": f"{_number(loss['alpha'])} / {_number(loss['beta'])}" if "beta" in loss else "-",
         "NKD γ": _number(loss.get("gamma")),
+        "NKD soft term": _nkd_soft_term(loss),
         "warm-up": _number(d.warmup_epochs) if distilling else "-",
         "M": "{" + ", ".join(map(str, d.scales)) + "}" if distilling else "-",
         "β": _number(d.complementary_weight) if regions else "-",
@@ -137,10 +146,11 @@ def render(rows: list[dict[str, str]], evidence: dict[str, str]) -> str:
         "",
         "Batch is per device (x devices where there are several). T, α/β and γ are shown for the base loss that",
         "uses them; β (the weight of complementary regions), the consistency rule and the pooling only matter when",
-        "M has more than one scale. Warm-up is in epochs, counted from 1 as in the official trainer. Published:",
-        "top-1 (%) of the SDD paper, best epoch. Where a value is one reading of ambiguous official code, the last",
-        "column points to the evidence below. README.md's section *Fidelity* lists the deliberate differences",
-        "from the official code.",
+        "M has more than one scale. NKD soft term: `all classes` is the official code's (its non-target mask keeps",
+        "the target class), `target excluded` is NKD as defined (`distill.loss.exclude_target=true`). Warm-up is in",
+        "epochs, counted from 1 as in the official trainer. Published: top-1 (%) of the SDD paper, best epoch. Where",
+        "a value is one reading of ambiguous official code, the last column points to the evidence below. README.md's",
+        "section *Fidelity* lists the deliberate differences from the official code.",
         "",
     ]
     notes = ["", "## Evidence", ""] + [f"{i}. `{key}`: {text}" for i, (key, text) in enumerate(evidence.items(), 1)]

@@ -125,24 +125,36 @@ def nkd_loss(
     *,
     temperature: float,
     gamma: float,
+    exclude_target: bool,
 ) -> torch.Tensor:
-    """Normalized KD (Yang et al., ICCV 2023) per row.
+    """Normalized KD (Yang et al., ICCV 2023) per row, as the official SDD code computes it or as NKD is defined.
 
-    ``-p_t[y] * log p_s[y]`` (at temperature 1) plus ``gamma * T^2`` times the cross-entropy between
-    the teacher's and the student's softened distributions over the non-target classes. The target
-    class is excluded from the second term; the official SDD code leaves it in by mistake (its mask
-    scatters 1 instead of 0), which this implementation does not reproduce.
+    Both forms are ``-p_t[y] * log p_s[y]`` (at temperature 1) plus ``gamma * T^2`` times a soft cross-entropy
+    at temperature ``T``:
+
+    - ``exclude_target=False`` (the official code, and so every published NKD / SD-NKD number): the soft term is
+      ``-sum_k softmax(t / T)_k * log softmax(s / T)_k`` over *all* classes, the target included. The official
+      "non-target" mask, ``ones_like(logits).scatter_(1, label, 1)`` (SDD-CVPR2024
+      ``mdistiller/distillers/SDD_nkd.py`` lines 23 and 53; ``nkd.py`` line 23 for the ImageNet baseline), is all
+      ones, so nothing is removed and nothing is renormalised.
+    - ``exclude_target=True`` (NKD as its paper defines it): the cross-entropy between the teacher's and the
+      student's softened distributions over the non-target classes only, each renormalised over them.
     """
     mask = _target_mask(student_logits, target)
     teacher_logits = teacher_logits.detach()
     log_p_s = F.log_softmax(student_logits, dim=-1)
     p_t = F.softmax(teacher_logits, dim=-1)
     target_term = -((p_t * log_p_s) * mask).sum(-1)
-    _, log_nt_s = _target_split(student_logits, mask, temperature)
-    _, log_nt_t = _target_split(teacher_logits, mask, temperature)
-    p_nt_t = log_nt_t.exp().masked_fill(mask, 0.0)
-    non_target_term = -(p_nt_t * log_nt_s.masked_fill(mask, 0.0)).sum(-1)
-    return target_term + gamma * temperature**2 * non_target_term
+    if exclude_target:
+        _, log_nt_s = _target_split(student_logits, mask, temperature)
+        _, log_nt_t = _target_split(teacher_logits, mask, temperature)
+        p_nt_t = log_nt_t.exp().masked_fill(mask, 0.0)
+        soft_term = -(p_nt_t * log_nt_s.masked_fill(mask, 0.0)).sum(-1)
+    else:
+        log_q_s = F.log_softmax(student_logits / temperature, dim=-1)
+        q_t = F.softmax(teacher_logits / temperature, dim=-1)
+        soft_term = -(q_t * log_q_s).sum(-1)
+    return target_term + gamma * temperature**2 * soft_term
 
 
 def _check_settings(owner: str, **settings: float) -> None:
@@ -163,8 +175,8 @@ class PerSampleLoss:
     :meth:`settings` returns them as plain numbers, which is what checkpoints and loggers record.
     """
 
-    def settings(self) -> dict[str, float]:
-        """The loss's settings by name (plain Python numbers)."""
+    def settings(self) -> dict[str, float | bool]:
+        """The loss's settings by name (plain Python numbers and switches)."""
         return {}
 
     def __call__(
@@ -228,25 +240,38 @@ class DKDLoss(PerSampleLoss):
 
 
 class NKDLoss(PerSampleLoss):
-    """Normalized KD per row (see :func:`nkd_loss`), the target class left out of the non-target term.
+    """Normalized KD per row (see :func:`nkd_loss`); by default the official SDD code's form.
 
     Args:
-        temperature: T of the non-target term; 4 in the official SDD CIFAR-100 recipes (the NKD paper and its
+        temperature: T of the soft term; 4 in the official SDD CIFAR-100 recipes (the NKD paper and its
             ImageNet baseline use 1).
-        gamma: weight of the non-target term; 8 by default, 6 for some pairs (the NKD paper uses 1.5).
+        gamma: weight of the soft term; 8 by default, 6 for some pairs (the NKD paper uses 1.5).
+        exclude_target: ``False`` (default): the soft term runs over all classes, the target included, as the
+            official SDD code computes it (its "non-target" mask is all ones) and as its published NKD and SD-NKD
+            numbers were trained. ``True``: the target class is left out and the rest renormalised, as NKD is
+            defined (``distill.loss.exclude_target=true``).
     """
 
-    def __init__(self, temperature: float = 4.0, gamma: float = 8.0) -> None:
+    def __init__(self, temperature: float = 4.0, gamma: float = 8.0, exclude_target: bool = False) -> None:
         _check_settings("NKDLoss", temperature=temperature, gamma=gamma)
-        self.temperature, self.gamma = float(temperature), float(gamma)
+        if not isinstance(exclude_target, bool):
+            raise ValueError(f"NKDLoss: exclude_target must be true or false, got {exclude_target!r}")
+        self.temperature, self.gamma, self.exclude_target = float(temperature), float(gamma), exclude_target
 
-    def settings(self) -> dict[str, float]:
-        return {"temperature": self.temperature, "gamma": self.gamma}
+    def settings(self) -> dict[str, float | bool]:
+        return {"temperature": self.temperature, "gamma": self.gamma, "exclude_target": self.exclude_target}
 
     def __call__(
         self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor
     ) -> torch.Tensor:
-        return nkd_loss(student_logits, teacher_logits, target, temperature=self.temperature, gamma=self.gamma)
+        return nkd_loss(
+            student_logits,
+            teacher_logits,
+            target,
+            temperature=self.temperature,
+            gamma=self.gamma,
+            exclude_target=self.exclude_target,
+        )
 
 
 BASE_LOSSES: dict[str, type[PerSampleLoss]] = {"kd": KDLoss, "dkd": DKDLoss, "nkd": NKDLoss}
