@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from sdd_lightning import recipes
 from sdd_lightning.catalog import compose_setting
@@ -57,3 +58,21 @@ def test_cifar_normalisation_is_the_official_one():
     # mdistiller/dataset/cifar100.py, the constants the CRD teachers were trained with
     assert CIFAR100_MEAN == (0.5071, 0.4867, 0.4408)
     assert CIFAR100_STD == (0.2675, 0.2565, 0.2761)
+
+
+# Values the official files set, one row each: (setting, config key, value, where the official repository sets it).
+# "SDD:" is shicaiwei123/SDD-CVPR2024; "mdistiller:" is megvii-research/mdistiller.
+OFFICIAL_VALUES = [
+    # the plain DKD of this pair has its own config with beta 6; its SD-DKD and SD-NKD configs set none (8)
+    ("cifar100/res32x4_mv2/dkd", "distill.loss.beta", 6.0, "SDD:configs/cifar100/dkd/resnet32_mobinetv2.yaml:19"),
+    ("cifar100/res32x4_mv2/sd_dkd", "distill.loss.beta", 8.0, "SDD:mdistiller/engine/cfg.py:165 (DKD.BETA)"),
+    ("cifar100/res32x4_mv2/sd_nkd", "distill.loss.gamma", 8.0, "SDD:mdistiller/engine/cfg.py:165 (DKD.BETA)"),
+]
+
+
+@pytest.mark.parametrize(
+    ("setting", "key", "value", "source"), OFFICIAL_VALUES, ids=[f"{row[0]}:{row[1]}" for row in OFFICIAL_VALUES]
+)
+def test_a_value_the_official_files_set(setting, key, value, source):
+    """Each value as the official file (``source``, file and line) sets it, in the composed config of the setting."""
+    assert OmegaConf.select(compose_setting(setting), key) == value, source
