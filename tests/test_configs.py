@@ -92,6 +92,7 @@ def test_every_published_setting_builds_the_values_of_the_recipe_table(setting, 
     assert datamodule.num_classes == expected_classes[setting.split("/")[0]]
     row = RECIPES[setting]
     assert datamodule.batch_size == int(row["batch"].split(" x ")[0])
+    assert str(cfg.trainer.precision) == row["precision"]
     optimizer = module.optimizer_factory([torch.nn.Parameter(torch.zeros(1))])
     assert optimizer.defaults["lr"] == float(row["LR"]) and optimizer.defaults["weight_decay"] == float(row["WD"])
     if not is_distillation(cfg):

@@ -43,6 +43,22 @@ def test_imagenet_nkd_settings(pair, beta):
     assert (loss.temperature, loss.alpha, loss.beta, dkd.ce_weight, dkd.warmup_epochs) == (1.0, 1.0, beta, 1.0, 1)
 
 
+@pytest.mark.parametrize("method", ["kd", "sd_kd", "dkd", "sd_dkd", "nkd", "sd_nkd"])
+@pytest.mark.parametrize("pair", ["res34_res18", "res50_mv1"])
+def test_imagenet_settings_run_in_fp32_as_the_official_trainer(pair, method):
+    # the official mdistiller/engine/trainer.py has no autocast; trainer=ddp alone would give bf16-mixed
+    cfg = compose_setting(f"imagenet/{pair}/{method}")
+    assert cfg.trainer.precision == "32-true" and cfg.trainer.strategy == "ddp" and cfg.trainer.accelerator == "gpu"
+    assert compose_setting(f"imagenet/{pair}/{method}", extra=["trainer.precision=bf16-mixed"]).trainer.precision == (
+        "bf16-mixed"
+    )
+
+
+@pytest.mark.parametrize("experiment", ["imagenet/baseline_resnet18", "imagenet/baseline_mobilenetv1"])
+def test_imagenet_baselines_run_in_fp32(experiment):
+    assert compose_setting(experiment).trainer.precision == "32-true"
+
+
 @pytest.mark.parametrize("pair", ["res50_vgg8", "wrn40_2_vgg8"])
 def test_cifar_sd_nkd_into_vgg8_uses_two_scales(pair):
     assert list(_distill(f"cifar100/{pair}/sd_nkd").scales) == [1, 2]

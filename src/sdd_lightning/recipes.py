@@ -48,6 +48,7 @@ COLUMNS = (
     "β",
     "consistency",
     "pooling",
+    "precision",
     "published",
     "evidence",
 )
@@ -110,6 +111,7 @@ def _row(name: str, cfg: DictConfig, footnotes: dict[str, int]) -> dict[str, str
         "β": _number(d.complementary_weight) if regions else "-",
         "consistency": d.consistency if regions else "-",
         "pooling": d.pooling if regions else "-",
+        "precision": str(cfg.trainer.precision),
         "published": f"{paper:.2f}" if paper is not None else "-",
         "evidence": ", ".join(f"[{footnotes[key]}]" for key in sorted(evidence, key=footnotes.get)),
     }
@@ -148,9 +150,10 @@ def render(rows: list[dict[str, str]], evidence: dict[str, str]) -> str:
         "uses them; β (the weight of complementary regions), the consistency rule and the pooling only matter when",
         "M has more than one scale. NKD soft term: `all classes` is the official code's (its non-target mask keeps",
         "the target class), `target excluded` is NKD as defined (`distill.loss.exclude_target=true`). Warm-up is in",
-        "epochs, counted from 1 as in the official trainer. Published: top-1 (%) of the SDD paper, best epoch. Where",
-        "a value is one reading of ambiguous official code, the last column points to the evidence below. README.md's",
-        "section *Fidelity* lists the deliberate differences from the official code.",
+        "epochs, counted from 1 as in the official trainer. Precision is `trainer.precision` with the setting's own",
+        "trainer (`trainer=cpu` unless the recipe names one). Published: top-1 (%) of the SDD paper, best epoch.",
+        "Where a value is one reading of ambiguous official code, the last column points to the evidence below.",
+        "README.md's section *Fidelity* lists the deliberate differences from the official code.",
         "",
     ]
     notes = ["", "## Evidence", ""] + [f"{i}. `{key}`: {text}" for i, (key, text) in enumerate(evidence.items(), 1)]
