@@ -13,7 +13,9 @@ from sdd_lightning.catalog import (
     compose_setting,
     group_options,
     published,
+    published_numbers,
     published_top1,
+    published_top5,
     setting_name,
     setting_overrides,
     unknown_group_option,
@@ -49,20 +51,37 @@ def test_the_papers_number_of_a_setting_and_none_for_an_ad_hoc_run():
     assert published_top1(None) is None
     assert published_top1("") is None
     table = published()
-    assert all(isinstance(name, str) and isinstance(top1, float) for name, top1 in table.items())
+    assert all(isinstance(name, str) and (top1 is None or isinstance(top1, float)) for name, top1 in table.items())
+
+
+def test_top5_where_published_and_settings_without_a_published_number():
+    # SDD's README ImageNet.png (the paper's ImageNet table): ResNet50 -> MobileNetV1, SD-DKD 73.08 / 91.09
+    assert (published_top1("imagenet/res50_mv1/sd_dkd"), published_top5("imagenet/res50_mv1/sd_dkd")) == (73.08, 91.09)
+    assert published_top5("imagenet/baseline_resnet18") == 89.07
+    assert published_top5("imagenet/res34_res18/sd_dkd") is None and published_top5("cifar100/res32x4_shv1/kd") is None
+    assert published_top5(None) is None
 
 
 def test_the_table_is_read_from_conf_published_yaml(tmp_path, monkeypatch):
     table = _conf(tmp_path, {"published.yaml": "# the paper\nx/y/kd: 70\nx/teacher_a: 71.5\n"}) / "published.yaml"
     monkeypatch.setattr(catalog, "PUBLISHED_FILE", table)
-    published.cache_clear()
+    published_numbers.cache_clear()
     try:
         assert published() == {"x/y/kd": 70.0, "x/teacher_a": 71.5}
+        table.write_text("x/y/kd: {top1: 70, top5: 90.5}\nx/y/sd_kd: null\n")
+        published_numbers.cache_clear()
+        assert published_numbers() == {"x/y/kd": {"top1": 70.0, "top5": 90.5}, "x/y/sd_kd": {}}
+        assert published() == {"x/y/kd": 70.0, "x/y/sd_kd": None}
         table.write_text("# nothing published yet\n")
-        published.cache_clear()
+        published_numbers.cache_clear()
         assert published() == {}
+        for bad in ("x/y/kd: {top1: 70, top9: 1}\n", "x/y/kd: seventy\n", "x/y/kd: {top1: true}\n"):
+            table.write_text(bad)
+            published_numbers.cache_clear()
+            with pytest.raises(ValueError, match="x/y/kd: expected a top-1, null or"):
+                published()
     finally:
-        published.cache_clear()
+        published_numbers.cache_clear()
 
 
 def test_a_setting_name_becomes_the_overrides_that_run_it(tmp_path):

@@ -33,6 +33,7 @@ def write_run(
     status: str = "finished",
     overrides: tuple[str, ...] = (),
     published: float | None = 76.3,
+    published_top5: float | None = None,
     epochs: int = 4,
     curve: bool = True,
 ) -> Path:
@@ -59,6 +60,7 @@ def write_run(
         "student": "ShuffleV1",
         "teacher": "resnet32x4",
         "published": published,
+        **({"published_top5": published_top5} if published_top5 is not None else {}),
         "published_metric": "best",
     }
     (folder / "results.json").write_text(json.dumps(results))
@@ -153,7 +155,8 @@ def test_table_csv_warnings_and_figures(sweep, capsys):
         "76.30 (best epoch)",
         "-4.30",
     ]
-    assert cells[10] == "3: seed 3 interrupted, seed 4 failed, seed 5 unfinished"
+    assert cells[9] == ""  # no published top-5 for this setting
+    assert cells[11] == "3: seed 3 interrupted, seed 4 failed, seed 5 unfinished"
     # n < 3 warns, n = 3 does not; one-seed rows show no spread
     assert f"{KD}: n=2 < 3 seeds: the spread is not reliable; run seed=0,1,2" in err
     assert f"{SD_KD}: n=3" not in err
@@ -166,6 +169,24 @@ def test_table_csv_warnings_and_figures(sweep, capsys):
     for name in ("summary_bars.png", "summary_curves.png"):
         assert (sweep / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "9 runs; written to" in out
+
+
+def test_a_published_top5_is_shown_and_compared_where_the_paper_gives_one(tmp_path):
+    # ResNet50 -> MobileNetV1 SD-DKD on ImageNet: 73.08 / 91.09 (conf/published.yaml)
+    setting = "imagenet/res50_mv1/sd_dkd"
+    for seed, best5 in ((0, 0.91), (1, 0.92)):
+        write_run(tmp_path / f"r{seed}", seed=seed, setting=setting, best5=best5, published=73.08, published_top5=91.09)
+    (row,) = summarize(collect(tmp_path))
+    assert row.published_top5 == 91.09 and row.difference_top5() == pytest.approx(91.5 - 91.09)
+    assert main([str(tmp_path)]) == 0
+    table = (tmp_path / "summary.md").read_text().splitlines()
+    header = [c.strip() for c in next(line for line in table if line.startswith("| setting")).strip("|").split("|")]
+    cells = [c.strip() for c in next(line for line in table if line.startswith(f"| {setting}")).strip("|").split("|")]
+    assert dict(zip(header, cells, strict=True))["published top-5 (%)"] == "91.09 (best epoch)"
+    with (tmp_path / "summary.csv").open() as f:
+        (record,) = csv.DictReader(f)
+    assert float(record["published_top5"]) == 91.09
+    assert float(record["ours_minus_published_top5"]) == pytest.approx(0.41)
 
 
 PRESENTATION = ["callbacks=quiet", "callbacks.checkpoint.every_n_epochs=5", "logger=[csv,wandb]", "+logger.x=1"]

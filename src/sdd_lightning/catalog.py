@@ -6,8 +6,10 @@ A *setting* is what a run computes apart from its seed. The paper's settings are
   ``conf/pair/`` with one of the methods of ``conf/distill/``), and
 - an experiment's name for ``sdd-train experiment=<name>`` (ablations, teachers, baselines: ``conf/experiment/``).
 
-``conf/published.yaml`` holds the SDD paper's top-1 of every one of them, in one table: ``sdd-train`` writes the
-number of its setting into ``results.json``, and ``sdd-summary`` and ``docs/recipes.md`` show it beside ours.
+``conf/published.yaml`` holds the published top-1 (and top-5 where published) of every one of them, in one table,
+each with its source: ``sdd-train`` writes the numbers of its setting into ``results.json``, and ``sdd-summary`` and
+``docs/recipes.md`` show them beside ours. A setting of the official configs with no published number is listed
+with ``null``.
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ __all__ = [
     "PUBLISHED_METRIC",
     "compose_setting",
     "published",
+    "published_numbers",
     "published_top1",
+    "published_top5",
     "setting_name",
     "setting_overrides",
     "unknown_group_option",
@@ -40,16 +44,46 @@ PUBLISHED_METRIC = "best"
 """Which epoch the paper's numbers are: the best test top-1 of all epochs, as the official trainer reports."""
 
 
+PUBLISHED_METRICS = ("top1", "top5")
+
+
+def _entry(name: str, value: object) -> dict[str, float]:
+    """One row of ``conf/published.yaml``: a top-1, ``null`` (nothing published) or ``{top1: .., top5: ..}``."""
+    if value is None:
+        return {}
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return {"top1": float(value)}
+    numbers = isinstance(value, dict) and all(
+        isinstance(v, int | float) and not isinstance(v, bool) for v in value.values()
+    )
+    if numbers and value and set(value) <= set(PUBLISHED_METRICS):
+        return {str(k): float(v) for k, v in value.items()}
+    raise ValueError(f"{PUBLISHED_FILE}: {name}: expected a top-1, null or {{top1: .., top5: ..}}, got {value!r}")
+
+
 @functools.cache
-def published() -> dict[str, float]:
-    """The paper's top-1 (%) by setting name, from ``conf/published.yaml``."""
+def published_numbers() -> dict[str, dict[str, float]]:
+    """Every setting of ``conf/published.yaml`` with its published numbers (%) by metric (``top1``, ``top5``).
+
+    A setting with nothing published maps to ``{}``; one with only a top-5 published has no ``top1``.
+    """
     table = yaml.safe_load(PUBLISHED_FILE.read_text()) or {}
-    return {str(name): float(value) for name, value in table.items()}
+    return {str(name): _entry(str(name), value) for name, value in table.items()}
+
+
+def published() -> dict[str, float | None]:
+    """Every setting of ``conf/published.yaml`` with its published top-1 (%), ``None`` where none is published."""
+    return {name: numbers.get("top1") for name, numbers in published_numbers().items()}
 
 
 def published_top1(setting: str | None) -> float | None:
-    """The paper's top-1 (%) of a setting, or ``None`` when the paper reports none."""
-    return published().get(setting) if setting else None
+    """The published top-1 (%) of a setting, or ``None`` when none is published."""
+    return published_numbers().get(setting, {}).get("top1") if setting else None
+
+
+def published_top5(setting: str | None) -> float | None:
+    """The published top-5 (%) of a setting, or ``None`` when none is published."""
+    return published_numbers().get(setting, {}).get("top5") if setting else None
 
 
 def setting_name(choices: Mapping[str, str | None]) -> str | None:

@@ -19,7 +19,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from sdd_lightning.catalog import CONF_DIR, compose_setting, published
+from sdd_lightning.catalog import CONF_DIR, compose_setting, published, published_numbers
 
 __all__ = ["COLUMNS", "main", "recipe_rows", "render"]
 
@@ -88,7 +88,8 @@ def _row(name: str, cfg: DictConfig, footnotes: dict[str, int]) -> dict[str, str
     evidence = _evidence(cfg)
     for key in evidence:
         footnotes.setdefault(key, len(footnotes) + 1)
-    paper = published().get(name)
+    paper = published_numbers().get(name, {})
+    shown = "/".join(f"{paper[m]:.2f}" for m in ("top1", "top5") if m in paper)
     return {
         "setting": name,
         "data": name.split("/", 1)[0],
@@ -112,7 +113,7 @@ def _row(name: str, cfg: DictConfig, footnotes: dict[str, int]) -> dict[str, str
         "consistency": d.consistency if regions else "-",
         "pooling": d.pooling if regions else "-",
         "precision": str(cfg.trainer.precision),
-        "published": f"{paper:.2f}" if paper is not None else "-",
+        "published": shown or "-",
         "evidence": ", ".join(f"[{footnotes[key]}]" for key in sorted(evidence, key=footnotes.get)),
     }
 
@@ -151,9 +152,11 @@ def render(rows: list[dict[str, str]], evidence: dict[str, str]) -> str:
         "M has more than one scale. NKD soft term: `all classes` is the official code's (its non-target mask keeps",
         "the target class), `target excluded` is NKD as defined (`distill.loss.exclude_target=true`). Warm-up is in",
         "epochs, counted from 1 as in the official trainer. Precision is `trainer.precision` with the setting's own",
-        "trainer (`trainer=cpu` unless the recipe names one). Published: top-1 (%) of the SDD paper, best epoch.",
-        "Where a value is one reading of ambiguous official code, the last column points to the evidence below.",
-        "README.md's section *Fidelity* lists the deliberate differences from the official code.",
+        "trainer (`trainer=cpu` unless the recipe names one). Published: top-1 (%), best epoch, and top-5 after a",
+        "slash where it is published; `-`: a setting of the official configs with no published number. Each",
+        "number's source is cited in conf/published.yaml. Where a value is one reading of ambiguous official code,",
+        "the last column points to the evidence below. README.md's section *Fidelity* lists the deliberate",
+        "differences from the official code.",
         "",
     ]
     notes = ["", "## Evidence", ""] + [f"{i}. `{key}`: {text}" for i, (key, text) in enumerate(evidence.items(), 1)]

@@ -4,13 +4,13 @@ Every run folder under DIR (a folder holding ``results.json`` or ``config_resolv
 grouped by setting: what was run apart from the seed (``setting`` of results.json, or data + teacher +
 student + method for an ad-hoc run) plus the overrides that change what is computed. Each row gives, over
 the setting's finished runs (seeds), mean ± standard deviation and n of the best-epoch and the last-epoch
-validation top-1 and top-5, in percent, beside the published number and which of the two the paper
-reports. Interrupted, failed, diverged and unfinished runs (no results.json: still running, or dead) are
-listed in their row, never averaged in; below the table, every failed or diverged job is listed with its
-folder, its overrides and its error. A warning goes to stderr for every setting with fewer than three
-finished seeds. Written into DIR (or ``--out``): ``summary.md``, ``summary.csv``, and two figures,
-``summary_bars.png`` (best top-1 per setting beside the published number) and ``summary_curves.png``
-(validation top-1 per epoch of every run).
+validation top-1 and top-5, in percent, beside the published top-1 (and top-5 where published) and which
+of the two epochs the paper reports. Interrupted, failed, diverged and unfinished runs (no results.json:
+still running, or dead) are listed in their row, never averaged in; below the table, every failed or
+diverged job is listed with its folder, its overrides and its error. A warning goes to stderr for every
+setting with fewer than three finished seeds. Written into DIR (or ``--out``): ``summary.md``,
+``summary.csv``, and two figures, ``summary_bars.png`` (best top-1 per setting beside the published number)
+and ``summary_curves.png`` (validation top-1 per epoch of every run).
 
 sdd-summary overwrites only its own files: ``summary.md`` starts with the line ``<!-- written by sdd-summary -->``,
 and while that file is its own the other three are too. When one of the four exists and was not written by
@@ -110,6 +110,7 @@ MARKDOWN_COLUMNS = (
     "last top-5 (%)",
     "published top-1 (%)",
     "ours - published (pp)",
+    "published top-5 (%)",
     "epochs",
     "not averaged: unfinished / failed / diverged",
 )
@@ -130,6 +131,7 @@ class Run:
     seed: int | None
     results: dict[str, Any] = field(default_factory=dict)
     published: float | None = None
+    published_top5: float | None = None
     published_metric: str = DEFAULT_PUBLISHED_METRIC
     curve: list[tuple[int, float]] = field(default_factory=list)
 
@@ -171,6 +173,10 @@ class SettingRow:
         return next((r.published for r in self.finished + self.others if r.published is not None), None)
 
     @property
+    def published_top5(self) -> float | None:
+        return next((r.published_top5 for r in self.finished + self.others if r.published_top5 is not None), None)
+
+    @property
     def published_metric(self) -> str:
         runs = self.finished + self.others
         return next((r.published_metric for r in runs if r.published is not None), DEFAULT_PUBLISHED_METRIC)
@@ -180,6 +186,12 @@ class SettingRow:
         key = "val/acc1_best" if self.published_metric == "best" else "val/acc1"
         ours = self.stats(key)
         return None if ours is None or self.published is None else ours[0] - self.published
+
+    def difference_top5(self) -> float | None:
+        """Our mean top-5 of the epoch the paper reports minus the published top-5 (``None``: none published)."""
+        key = "val/acc5_best" if self.published_metric == "best" else "val/acc5"
+        ours = self.stats(key)
+        return None if ours is None or self.published_top5 is None else ours[0] - self.published_top5
 
     @property
     def epochs(self) -> list[int]:
@@ -306,6 +318,7 @@ def _load_run(folder: Path) -> tuple[Run, tuple[str, ...] | None, bool]:
             seed=results.get("seed", config.get("seed", _seed_override(overrides))),
             results=results,
             published=results.get("published"),
+            published_top5=results.get("published_top5"),
             published_metric=results.get("published_metric") or DEFAULT_PUBLISHED_METRIC,
             curve=curve,
         )
@@ -318,6 +331,7 @@ def _load_run(folder: Path) -> tuple[Run, tuple[str, ...] | None, bool]:
         setting=_setting_key(_name_from_config(folder, config), overrides),
         seed=config.get("seed"),
         published=config.get("published"),
+        published_top5=config.get("published_top5"),
         curve=curve,
     )
     return run, tuple(sorted(overrides)) if overrides_file.is_file() else None, bool(config.get("setting"))
@@ -379,6 +393,10 @@ def _published(row: SettingRow) -> str:
     return "" if row.published is None else f"{row.published:.2f} ({row.published_metric} epoch)"
 
 
+def _published_top5(row: SettingRow) -> str:
+    return "" if row.published_top5 is None else f"{row.published_top5:.2f} ({row.published_metric} epoch)"
+
+
 def to_markdown(rows: list[SettingRow]) -> str:
     """The rows as a GitHub-flavoured markdown table (accuracies in percent, mean ± sample std over seeds)."""
     lines = ["| " + " | ".join(MARKDOWN_COLUMNS) + " |", "|" + "---|" * len(MARKDOWN_COLUMNS)]
@@ -391,6 +409,7 @@ def to_markdown(rows: list[SettingRow]) -> str:
             *(_mean_std(row.stats(key)) for _, key in METRICS),
             _published(row),
             "" if diff is None else f"{diff:+.2f}",
+            _published_top5(row),
             ",".join(str(e) for e in row.epochs),
             _not_averaged(row),
         ]
@@ -439,11 +458,13 @@ def _csv_rows(rows: list[SettingRow]) -> list[dict[str, Any]]:
             name = label.replace(" ", "_").replace("-", "")
             record[f"{name}_mean"] = "" if stats is None else round(stats[0], 4)
             record[f"{name}_std"] = "" if stats is None or stats[1] is None else round(stats[1], 4)
-        diff = row.difference()
+        diff, diff5 = row.difference(), row.difference_top5()
         record |= {
             "published": "" if row.published is None else row.published,
             "published_metric": row.published_metric if row.published is not None else "",
             "ours_minus_published": "" if diff is None else round(diff, 4),
+            "published_top5": "" if row.published_top5 is None else row.published_top5,
+            "ours_minus_published_top5": "" if diff5 is None else round(diff5, 4),
             "epochs": " ".join(str(e) for e in row.epochs),
             "not_averaged": "; ".join(f"seed {_seed(r.seed)} {r.status}: {r.folder}" for r in row.others),
         }

@@ -43,7 +43,14 @@ from sdd_lightning.builders import (
     is_distillation,
 )
 from sdd_lightning.callbacks import FiniteLossCheck, TrainingDiverged
-from sdd_lightning.catalog import CONF_DIR, PUBLISHED_METRIC, published_top1, setting_name, unknown_group_option
+from sdd_lightning.catalog import (
+    CONF_DIR,
+    PUBLISHED_METRIC,
+    published_top1,
+    published_top5,
+    setting_name,
+    unknown_group_option,
+)
 from sdd_lightning.checkpointing import (
     AtomicCheckpointIO,
     RunRecord,
@@ -235,6 +242,7 @@ def _config_facts(cfg: DictConfig) -> dict[str, Any]:
         "student": _safely(lambda: cfg.student.arch),
         "teacher": _safely(lambda: cfg.teacher.arch) if distilling else None,
         "published": _safely(lambda: published_top1(setting)) if setting else None,
+        "published_top5": _safely(lambda: published_top5(setting)) if setting else None,
         "published_metric": PUBLISHED_METRIC,
     }
 

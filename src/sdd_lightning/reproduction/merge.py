@@ -32,6 +32,7 @@ RESULT_KEYS = (
     "test/acc5",
     "teacher/acc1",
     "published",
+    "published_top5",
     "published_metric",
     "wall_time_s",
     "device",
