@@ -59,7 +59,10 @@ def test_top5_where_published_and_settings_without_a_published_number():
     assert (published_top1("imagenet/res50_mv1/sd_dkd"), published_top5("imagenet/res50_mv1/sd_dkd")) == (73.08, 91.09)
     assert published_top5("imagenet/baseline_resnet18") == 89.07
     assert published_top5("imagenet/res34_res18/sd_dkd") is None and published_top5("cifar100/res32x4_shv1/kd") is None
-    assert published_top5(None) is None
+    # a pair of the official configs with no published number: listed, with nothing published
+    assert "cifar100/vgg13_shv1/sd_kd" in published() and published()["cifar100/vgg13_shv1/sd_kd"] is None
+    assert published_numbers()["cifar100/vgg13_shv1/sd_kd"] == {}
+    assert published_top1("cifar100/vgg13_shv1/sd_kd") is None and published_top5(None) is None
 
 
 def test_the_table_is_read_from_conf_published_yaml(tmp_path, monkeypatch):

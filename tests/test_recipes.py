@@ -83,6 +83,39 @@ OFFICIAL_VALUES = [
     ("cifar100/res32x4_mv2/dkd", "distill.loss.beta", 6.0, "SDD:configs/cifar100/dkd/resnet32_mobinetv2.yaml:19"),
     ("cifar100/res32x4_mv2/sd_dkd", "distill.loss.beta", 8.0, "SDD:mdistiller/engine/cfg.py:165 (DKD.BETA)"),
     ("cifar100/res32x4_mv2/sd_nkd", "distill.loss.gamma", 8.0, "SDD:mdistiller/engine/cfg.py:165 (DKD.BETA)"),
+    # the pairs of configs/cifar100/sdd_{kd,dkd,nkd}/ that are settings since the re-audit
+    ("cifar100/res56_res20/dkd", "distill.loss.beta", 2.0, "SDD:configs/cifar100/dkd/res56_res20.yaml:19"),
+    ("cifar100/res56_res20/sd_dkd", "distill.loss.beta", 2.0, "SDD:configs/cifar100/sdd_dkd/res56_res20.yaml:19"),
+    ("cifar100/res56_res20/sd_nkd", "distill.loss.gamma", 2.0, "SDD:configs/cifar100/sdd_nkd/res56_res20.yaml:19"),
+    ("cifar100/res56_res20/kd", "optimizer.lr", 0.05, "SDD:configs/cifar100/sdd_kd/res56_res20.yaml:12"),
+    ("cifar100/res110_res32/dkd", "distill.loss.beta", 2.0, "SDD:configs/cifar100/dkd/res110_res32.yaml:19"),
+    ("cifar100/res110_res32/sd_dkd", "distill.loss.beta", 2.0, "SDD:configs/cifar100/sdd_dkd/res110_res32.yaml:19"),
+    ("cifar100/res110_res32/sd_nkd", "distill.loss.gamma", 2.0, "SDD:configs/cifar100/sdd_nkd/res110_res32.yaml:19"),
+    ("cifar100/wrn40_2_wrn16_2/dkd", "distill.loss.beta", 6.0, "SDD:configs/cifar100/dkd/wrn40_2_wrn_16_2.yaml:19"),
+    (
+        "cifar100/wrn40_2_wrn16_2/sd_nkd",
+        "distill.loss.gamma",
+        6.0,
+        "SDD:configs/cifar100/sdd_nkd/wrn40_2_wrn_16_2.yaml:19",
+    ),
+    ("cifar100/wrn40_2_wrn40_1/dkd", "distill.loss.beta", 6.0, "SDD:configs/cifar100/dkd/wrn40_2_wrn_40_1.yaml:19"),
+    (
+        "cifar100/wrn40_2_wrn40_1/sd_dkd",
+        "distill.loss.beta",
+        6.0,
+        "SDD:configs/cifar100/sdd_dkd/wrn40_2_wrn_40_1.yaml:19",
+    ),
+    ("cifar100/vgg13_shv1/sd_dkd", "distill.loss.beta", 6.0, "SDD:configs/cifar100/sdd_dkd/vgg13_shuffv1.yaml:19"),
+    ("cifar100/vgg13_shv1/sd_nkd", "distill.loss.gamma", 6.0, "SDD:configs/cifar100/sdd_nkd/vgg13_shuffv1.yaml:19"),
+    ("cifar100/vgg13_shv1/sd_kd", "optimizer.lr", 0.01, "SDD:configs/cifar100/sdd_kd/vgg13_shuffv1.yaml:12"),
+    ("cifar100/vgg13_vgg8/dkd", "distill.loss.beta", 6.0, "SDD:configs/cifar100/dkd/vgg13_vgg8.yaml:19"),
+    ("cifar100/vgg13_vgg8/sd_dkd", "distill.loss.beta", 6.0, "SDD:configs/cifar100/sdd_dkd/vgg13_vgg8.yaml:19"),
+    ("cifar100/vgg13_vgg8/sd_nkd", "distill.loss.gamma", 6.0, "SDD:configs/cifar100/sdd_nkd/vgg13_vgg8.yaml:19"),
+    ("cifar100/vgg13_vgg8/sd_kd", "distill.scales", [1, 2], "SDD:teacher_vgg.sh:29-30 (--M [1,2])"),
+    ("cifar100/vgg13_vgg8/sd_dkd", "distill.scales", [1, 2], "SDD:teacher_vgg.sh:11-12 (--M [1,2])"),
+    ("cifar100/vgg13_vgg8/sd_nkd", "distill.scales", [1, 2], "SDD:teacher_vgg.sh:47-48 (--M [1,2])"),
+    ("cifar100/res32x4_res8x4/sd_nkd", "distill.scales", [1, 2], "SDD:teacher_resnet32x4.sh:44-45 (--M [1,2])"),
+    ("cifar100/res32x4_res8x4/dkd", "distill.loss.beta", 8.0, "SDD:configs/cifar100/dkd/res32x4_res8x4.yaml (none: 8)"),
 ]
 
 
@@ -92,3 +125,10 @@ OFFICIAL_VALUES = [
 def test_a_value_the_official_files_set(setting, key, value, source):
     """Each value as the official file (``source``, file and line) sets it, in the composed config of the setting."""
     assert OmegaConf.select(compose_setting(setting), key) == value, source
+
+
+@pytest.mark.parametrize("pair", ["res56_res20", "res110_res32", "wrn40_2_wrn16_2", "wrn40_2_wrn40_1", "vgg13_shv1"])
+def test_the_teachers_of_the_added_pairs_are_the_crd_files(pair):
+    # CRD naming, as SDD lists them (mdistiller/models/cifar/__init__.py): <arch>_vanilla/ckpt_epoch_240.pth
+    teacher = compose_setting(f"cifar100/{pair}/sd_kd").teacher
+    assert teacher.checkpoint.endswith(f"/{teacher.arch}_vanilla/ckpt_epoch_240.pth")
