@@ -15,6 +15,7 @@ from sdd_lightning.catalog import (
     published,
     published_top1,
     setting_name,
+    setting_names,
     setting_overrides,
     unknown_group_option,
 )
@@ -53,16 +54,22 @@ def test_the_papers_number_of_a_setting_and_none_for_an_ad_hoc_run():
 
 
 def test_the_table_is_read_from_conf_published_yaml(tmp_path, monkeypatch):
-    table = _conf(tmp_path, {"published.yaml": "# the paper\nx/y/kd: 70\nx/teacher_a: 71.5\n"}) / "published.yaml"
+    text = "# the paper\nx/y/kd: 70\nx/teacher_a: 71.5\nx/y/sd_kd: null  # no published number\n"
+    table = _conf(tmp_path, {"published.yaml": text}) / "published.yaml"
     monkeypatch.setattr(catalog, "PUBLISHED_FILE", table)
     published.cache_clear()
+    setting_names.cache_clear()
     try:
         assert published() == {"x/y/kd": 70.0, "x/teacher_a": 71.5}
+        assert setting_names() == ("x/teacher_a", "x/y/kd", "x/y/sd_kd")  # catalogued, with or without a number
+        assert published_top1("x/y/sd_kd") is None
         table.write_text("# nothing published yet\n")
         published.cache_clear()
-        assert published() == {}
+        setting_names.cache_clear()
+        assert published() == {} and setting_names() == ()
     finally:
         published.cache_clear()
+        setting_names.cache_clear()
 
 
 def test_a_setting_name_becomes_the_overrides_that_run_it(tmp_path):

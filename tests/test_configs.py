@@ -12,14 +12,14 @@ from omegaconf import OmegaConf
 
 from sdd_lightning import recipes
 from sdd_lightning.builders import build_datamodule, build_module, check_config, is_distillation
-from sdd_lightning.catalog import published, setting_overrides
+from sdd_lightning.catalog import published, setting_names, setting_overrides
 
 EXPERIMENTS = sorted(
     str(p.relative_to(CONF_DIR / "experiment").with_suffix("")) for p in (CONF_DIR / "experiment").rglob("*.yaml")
 )
 PAIRS = sorted(str(p.relative_to(CONF_DIR / "pair").with_suffix("")) for p in (CONF_DIR / "pair").rglob("*.yaml"))
 METHODS = ["kd", "sd_kd", "dkd", "sd_dkd", "nkd", "sd_nkd"]
-SETTINGS = sorted(published())
+SETTINGS = list(setting_names())  # with the settings that have no published number
 GROUP_NAMES = ("data", "loss", "distill", "optimizer", "scheduler", "trainer", "logger", "callbacks", "hparams_search")
 GROUPS = {group: sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml")) for group in GROUP_NAMES}
 
@@ -30,6 +30,8 @@ def test_the_catalogue_has_every_published_setting():
 
     assert count("cifar100/", 3) - count("cifar100/ablation/") == 10 * 6 + 2  # ten pairs x six methods; res8x4's two
     assert count("cifar100/ablation/") == 2 * 5 + 5
+    # logit standardization: five pairs x (KD, DKD, SD-KD, SD-DKD) + LS; the LS paper reports the plain two
+    assert count("cifar100/ls/", 4) == 5 * 4 and len([s for s in published() if s.startswith("cifar100/ls/")]) == 10
     assert count("cifar100/teacher_") == 6
     assert count("imagenet/", 3) == 2 * 6 and count("imagenet/baseline_") == 2
     assert count("cub200/", 3) == 5 * 6 and count("cub200/teacher_") + count("cub200/baseline_") == 6
@@ -108,6 +110,8 @@ def test_every_published_setting_builds_the_values_of_the_recipe_table(setting, 
     alpha_beta = [_value(v) for v in row["DKD α/β"].split(" / ")] if row["DKD α/β"] != "-" else [None, None]
     assert [settings.get("alpha"), settings.get("beta")] == alpha_beta
     assert settings.get("gamma") == _value(row["NKD γ"])
+    assert settings.get("standardize") is (row["LS"] == "yes")
+    assert row["published"] == (f"{published()[setting]:.2f}" if setting in published() else "no published number")
     assert "{" + ", ".join(map(str, module.head.scales)) + "}" == row["M"]
     if len(module.head.scales) > 1:
         assert loss.complementary_weight == float(row["β"])

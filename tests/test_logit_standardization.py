@@ -14,6 +14,7 @@ from app_helpers import compose_config
 from hydra.utils import instantiate
 from test_gradients import ALPHA, BETA, GAMMA, textbook_dkd, textbook_kd, textbook_nkd
 
+from sdd_lightning.catalog import compose_setting, published_top1, setting_names
 from sdd_lightning.losses import DKDLoss, KDLoss, NKDLoss, ScaleDecoupledLoss, sdd_loss, standardize_logits
 
 K = 7
@@ -149,3 +150,36 @@ def test_one_flag_on_the_base_loss_node_turns_it_on_for_every_method(method):
     loss = instantiate(compose_config([*overrides, "distill.loss.standardize=true"]).distill.loss)
     expected = {"kd": KDLoss, "dkd": DKDLoss, "nkd": NKDLoss}[method.removeprefix("sd_")]
     assert type(loss) is expected and loss == expected(standardize=True)  # the pair's other values are the defaults
+
+
+# The LS paper's CIFAR-100 recipes, from the official LS code (see conf/experiment/cifar100/ls/ and the evidence
+# `ls_recipe` in docs/recipes.md): (KD+LS: T, KD weight), (DKD+LS: T, alpha, beta), the published top-1 of KD+LS and
+# DKD+LS (README.md lines 90/94 and 103/107), and the pair's SD scale set.
+LS_RECIPES = {
+    "res32x4_res8x4": ((2.0, 9.0), (2.0, 9.0, 72.0), (76.62, 77.01), [1, 2]),
+    "res32x4_shv2": ((2.0, 9.0), (2.0, 9.0, 72.0), (75.56, 77.37), [1, 2, 4]),
+    "wrn40_2_mv2": ((3.0, 9.0), (2.0, 15.0, 30.0), (69.23, 70.01), [1, 2, 4]),
+    "vgg13_mv2": ((3.0, 9.0), (3.0, 9.0, 18.0), (68.61, 69.98), [1, 2, 4]),
+    "res50_mv2": ((3.0, 1.0), (2.0, 15.0, 30.0), (69.02, 70.45), [1, 2, 4]),
+}
+
+
+@pytest.mark.parametrize("method", ["kd_ls", "sd_kd_ls", "dkd_ls", "sd_dkd_ls"])
+@pytest.mark.parametrize("pair", list(LS_RECIPES))
+def test_the_ls_settings_compose_with_the_papers_values(pair, method):
+    setting = f"cifar100/ls/{pair}/{method}"
+    (kd_t, kd_w), (dkd_t, alpha, beta), (kd_top1, dkd_top1), sd_scales = LS_RECIPES[pair]
+    cfg = compose_setting(setting)
+    d, plain = cfg.distill, method.removeprefix("sd_")
+    assert d.loss.standardize is True and cfg.method == method.removesuffix("_ls")
+    assert list(d.scales) == (sd_scales if method.startswith("sd_") else [1])
+    if plain == "kd_ls":
+        assert d.loss._target_.endswith(".KDLoss")
+        assert (d.loss.temperature, d.ce_weight, d.kd_weight, d.warmup_epochs) == (kd_t, 0.1, kd_w, 0)
+    else:
+        assert d.loss._target_.endswith(".DKDLoss")
+        assert (d.loss.temperature, d.loss.alpha, d.loss.beta) == (dkd_t, alpha, beta)
+        assert (d.ce_weight, d.kd_weight, d.warmup_epochs) == (1.0, 1.0, 20)
+    assert setting in setting_names()
+    paper = None if method.startswith("sd_") else {"kd_ls": kd_top1, "dkd_ls": dkd_top1}[method]
+    assert published_top1(setting) == paper  # SD-*+LS: no published number

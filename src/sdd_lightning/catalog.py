@@ -7,7 +7,9 @@ A *setting* is what a run computes apart from its seed. The paper's settings are
 - an experiment's name for ``sdd-train experiment=<name>`` (ablations, teachers, baselines: ``conf/experiment/``).
 
 ``conf/published.yaml`` holds the SDD paper's top-1 of every one of them, in one table: ``sdd-train`` writes the
-number of its setting into ``results.json``, and ``sdd-summary`` and ``docs/recipes.md`` show it beside ours.
+number of its setting into ``results.json``, and ``sdd-summary`` and ``docs/recipes.md`` show it beside ours. The
+logit-standardization settings (``cifar100/ls/...``) carry the LS paper's number where it reports one; a setting
+that no paper reports is listed with ``null`` ("no published number"), so that it is still catalogued and shown.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ __all__ = [
     "published",
     "published_top1",
     "setting_name",
+    "setting_names",
     "setting_overrides",
     "unknown_group_option",
 ]
@@ -40,11 +43,22 @@ PUBLISHED_METRIC = "best"
 """Which epoch the paper's numbers are: the best test top-1 of all epochs, as the official trainer reports."""
 
 
+def _read_table() -> dict[str, float | None]:
+    """Every setting of ``conf/published.yaml`` with its top-1 (%), ``None`` where none is published."""
+    table = yaml.safe_load(PUBLISHED_FILE.read_text()) or {}
+    return {str(name): None if value is None else float(value) for name, value in table.items()}
+
+
 @functools.cache
 def published() -> dict[str, float]:
-    """The paper's top-1 (%) by setting name, from ``conf/published.yaml``."""
-    table = yaml.safe_load(PUBLISHED_FILE.read_text()) or {}
-    return {str(name): float(value) for name, value in table.items()}
+    """The paper's top-1 (%) by setting name, from ``conf/published.yaml`` (the settings that have one)."""
+    return {name: top1 for name, top1 in _read_table().items() if top1 is not None}
+
+
+@functools.cache
+def setting_names() -> tuple[str, ...]:
+    """Every catalogued setting, sorted: those of :func:`published` and those with no published number."""
+    return tuple(sorted(_read_table()))
 
 
 def published_top1(setting: str | None) -> float | None:
