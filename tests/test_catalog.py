@@ -17,6 +17,7 @@ from sdd_lightning.catalog import (
     published_top1,
     published_top5,
     setting_name,
+    setting_names,
     setting_overrides,
     unknown_group_option,
 )
@@ -66,18 +67,23 @@ def test_top5_where_published_and_settings_without_a_published_number():
 
 
 def test_the_table_is_read_from_conf_published_yaml(tmp_path, monkeypatch):
-    table = _conf(tmp_path, {"published.yaml": "# the paper\nx/y/kd: 70\nx/teacher_a: 71.5\n"}) / "published.yaml"
+    text = "# the paper\nx/y/kd: 70\nx/teacher_a: 71.5\nx/y/sd_kd: null  # no published number\n"
+    table = _conf(tmp_path, {"published.yaml": text}) / "published.yaml"
     monkeypatch.setattr(catalog, "PUBLISHED_FILE", table)
     published_numbers.cache_clear()
+    setting_names.cache_clear()
     try:
-        assert published() == {"x/y/kd": 70.0, "x/teacher_a": 71.5}
+        assert published() == {"x/y/kd": 70.0, "x/teacher_a": 71.5, "x/y/sd_kd": None}
+        assert setting_names() == ("x/teacher_a", "x/y/kd", "x/y/sd_kd")  # catalogued, with or without a number
+        assert published_top1("x/y/sd_kd") is None
         table.write_text("x/y/kd: {top1: 70, top5: 90.5}\nx/y/sd_kd: null\n")
         published_numbers.cache_clear()
         assert published_numbers() == {"x/y/kd": {"top1": 70.0, "top5": 90.5}, "x/y/sd_kd": {}}
         assert published() == {"x/y/kd": 70.0, "x/y/sd_kd": None}
         table.write_text("# nothing published yet\n")
         published_numbers.cache_clear()
-        assert published() == {}
+        setting_names.cache_clear()
+        assert published() == {} and setting_names() == ()
         for bad in ("x/y/kd: {top1: 70, top9: 1}\n", "x/y/kd: seventy\n", "x/y/kd: {top1: true}\n"):
             table.write_text(bad)
             published_numbers.cache_clear()
@@ -85,6 +91,7 @@ def test_the_table_is_read_from_conf_published_yaml(tmp_path, monkeypatch):
                 published()
     finally:
         published_numbers.cache_clear()
+        setting_names.cache_clear()
 
 
 def test_a_setting_name_becomes_the_overrides_that_run_it(tmp_path):

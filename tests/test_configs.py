@@ -12,14 +12,14 @@ from omegaconf import OmegaConf
 
 from sdd_lightning import recipes
 from sdd_lightning.builders import build_datamodule, build_module, check_config, is_distillation
-from sdd_lightning.catalog import published, setting_overrides
+from sdd_lightning.catalog import published, published_numbers, setting_names, setting_overrides
 
 EXPERIMENTS = sorted(
     str(p.relative_to(CONF_DIR / "experiment").with_suffix("")) for p in (CONF_DIR / "experiment").rglob("*.yaml")
 )
 PAIRS = sorted(str(p.relative_to(CONF_DIR / "pair").with_suffix("")) for p in (CONF_DIR / "pair").rglob("*.yaml"))
 METHODS = ["kd", "sd_kd", "dkd", "sd_dkd", "nkd", "sd_nkd"]
-SETTINGS = sorted(published())
+SETTINGS = list(setting_names())  # with the settings that have no published number
 GROUP_NAMES = ("data", "loss", "distill", "optimizer", "scheduler", "trainer", "logger", "callbacks", "hparams_search")
 GROUPS = {group: sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml")) for group in GROUP_NAMES}
 
@@ -31,6 +31,11 @@ def test_the_catalogue_has_every_published_setting():
     # every pair of the official configs/cifar100/sdd_{kd,dkd,nkd}/ (17) with six methods
     assert count("cifar100/", 3) - count("cifar100/ablation/") == 17 * 6
     assert count("cifar100/ablation/") == 2 * 5 + 5
+    # logit standardization: five pairs x (KD, DKD, SD-KD, SD-DKD) + LS; the LS paper reports the plain two
+    assert (
+        count("cifar100/ls/", 4) == 5 * 4
+        and len([s for s, v in published().items() if s.startswith("cifar100/ls/") and v]) == 10
+    )
     assert count("cifar100/teacher_") == 6
     assert count("imagenet/", 3) == 2 * 6 and count("imagenet/baseline_") == 2
     assert count("cub200/", 3) == 5 * 6 and count("cub200/teacher_") + count("cub200/baseline_") == 6
@@ -112,6 +117,10 @@ def test_every_published_setting_builds_the_values_of_the_recipe_table(setting, 
     assert settings.get("gamma") == _value(row["NKD γ"])
     soft_term = {None: "-", False: "all classes", True: "target excluded"}
     assert soft_term[settings.get("exclude_target")] == row["NKD soft term"]
+    assert settings.get("standardize") is (row["LS"] == "yes")
+    numbers = published_numbers()[setting]
+    shown = "/".join(f"{numbers[m]:.2f}" for m in ("top1", "top5") if m in numbers)
+    assert row["published"] == (shown or "no published number")
     assert "{" + ", ".join(map(str, module.head.scales)) + "}" == row["M"]
     if len(module.head.scales) > 1:
         assert loss.complementary_weight == float(row["β"])

@@ -247,6 +247,12 @@ def test_the_project_ledger_holds_the_campaign_in_order():
         "cifar100-wrn40-2-shv1",
         "cifar100-wrn40-2-vgg8",
     ]
+    ls = next(s for s in ledger["stages"] if s["id"] == "cifar100-res32x4-res8x4-ls")  # after the SDD stages
+    assert ledger["stages"].index(ls) > 8 and ls["teacher_from"] == "cifar100-teacher-resnet32x4"
+    assert [e["setting"] for e in ls["settings"]] == [
+        "cifar100/ls/res32x4_res8x4/kd_ls",
+        "cifar100/ls/res32x4_res8x4/sd_kd_ls",
+    ]
     for stage in ledger["stages"]:
         for entry in stage["settings"]:
             setting_overrides(entry["setting"])  # every setting composes

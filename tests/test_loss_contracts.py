@@ -73,7 +73,12 @@ def test_a_bad_setting_is_refused_naming_the_loss_and_the_setting(build, message
 
 
 def test_zero_weights_are_allowed_and_negative_ones_are_not():
-    assert DKDLoss(alpha=0.0, beta=0).settings() == {"temperature": 4.0, "alpha": 0.0, "beta": 0.0}
+    assert DKDLoss(alpha=0.0, beta=0).settings() == {
+        "temperature": 4.0,
+        "alpha": 0.0,
+        "beta": 0.0,
+        "standardize": False,
+    }
     assert NKDLoss(gamma=0).settings()["gamma"] == 0.0
     with pytest.raises(ValueError, match=r"DKDLoss: alpha must be >= 0, got -0\.5"):
         DKDLoss(alpha=-0.5)
@@ -95,7 +100,8 @@ def test_configured_losses_are_equal_and_hash_alike_exactly_when_type_and_settin
 
 
 def test_a_configured_loss_prints_as_the_call_that_builds_it():
-    assert repr(KDLoss()) == "KDLoss(temperature=4.0)"
-    assert repr(DKDLoss(beta=6)) == "DKDLoss(temperature=4.0, alpha=1.0, beta=6.0)"
+    assert repr(KDLoss()) == "KDLoss(temperature=4.0, standardize=False)"
+    assert repr(DKDLoss(beta=6)) == "DKDLoss(temperature=4.0, alpha=1.0, beta=6.0, standardize=False)"
+    assert eval(repr(KDLoss(2.0, standardize=True))) == KDLoss(temperature=2.0, standardize=True)
     assert eval(repr(NKDLoss(gamma=1.5))) == NKDLoss(gamma=1.5)
     assert eval(repr(NKDLoss(exclude_target=True))) == NKDLoss(exclude_target=True) != NKDLoss()

@@ -10,6 +10,7 @@ A *setting* is what a run computes apart from its seed. The paper's settings are
 each with its source: ``sdd-train`` writes the numbers of its setting into ``results.json``, and ``sdd-summary`` and
 ``docs/recipes.md`` show them beside ours. A setting of the official configs with no published number is listed
 with ``null``.
+The logit-standardization settings (``cifar100/ls/...``) carry the LS paper's number where it reports one.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ __all__ = [
     "published_top1",
     "published_top5",
     "setting_name",
+    "setting_names",
     "setting_overrides",
     "unknown_group_option",
 ]
@@ -74,6 +76,12 @@ def published_numbers() -> dict[str, dict[str, float]]:
 def published() -> dict[str, float | None]:
     """Every setting of ``conf/published.yaml`` with its published top-1 (%), ``None`` where none is published."""
     return {name: numbers.get("top1") for name, numbers in published_numbers().items()}
+
+
+@functools.cache
+def setting_names() -> tuple[str, ...]:
+    """Every catalogued setting, sorted, with or without a published number."""
+    return tuple(sorted(published_numbers()))
 
 
 def published_top1(setting: str | None) -> float | None:

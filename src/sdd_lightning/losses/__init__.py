@@ -1,6 +1,16 @@
 """Logit distillation losses: per-sample base losses and the scale-decoupled reduction."""
 
-from sdd_lightning.losses.base import BASE_LOSSES, DKDLoss, KDLoss, NKDLoss, PerSampleLoss, dkd_loss, kd_loss, nkd_loss
+from sdd_lightning.losses.base import (
+    BASE_LOSSES,
+    DKDLoss,
+    KDLoss,
+    NKDLoss,
+    PerSampleLoss,
+    dkd_loss,
+    kd_loss,
+    nkd_loss,
+    standardize_logits,
+)
 from sdd_lightning.losses.scale_decoupled import (
     Consistency,
     ScaleDecoupledLoss,
@@ -25,4 +35,5 @@ __all__ = [
     "kd_loss",
     "nkd_loss",
     "sdd_loss",
+    "standardize_logits",
 ]

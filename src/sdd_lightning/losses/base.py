@@ -10,6 +10,11 @@ the constructor, hold the library's one default for each (the official SDD CIFAR
 like the functions, ``loss(student_logits, teacher_logits, target) -> (N,)``. The configs name them
 (``conf/loss/*.yaml``) and :class:`~sdd_lightning.module.DistillationModule` takes one. A new base loss is one
 more such callable and one YAML file that names it.
+
+Every class also takes ``standardize`` (default ``False``): logit standardization (Sun et al., "Logit
+Standardization in Knowledge Distillation", CVPR 2024), which z-scores each row of both networks' logits with
+:func:`standardize_logits` before the unchanged loss. In the scale-decoupled loss a row is one region of one
+sample, so every region's logit vector is standardized on its own.
 """
 
 from __future__ import annotations
@@ -20,7 +25,37 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-__all__ = ["BASE_LOSSES", "DKDLoss", "KDLoss", "NKDLoss", "PerSampleLoss", "dkd_loss", "kd_loss", "nkd_loss"]
+__all__ = [
+    "BASE_LOSSES",
+    "DKDLoss",
+    "KDLoss",
+    "NKDLoss",
+    "PerSampleLoss",
+    "dkd_loss",
+    "kd_loss",
+    "nkd_loss",
+    "standardize_logits",
+]
+
+STANDARDIZE_EPS = 1e-7
+"""Added to the standard deviation, as in the official LS code (``(logit - mean) / (1e-7 + stdv)``)."""
+
+
+def standardize_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Logit standardization: every logit vector z-scored over its classes (the last dimension).
+
+    ``(z - mean(z)) / (std(z) + 1e-7)`` with the unbiased (``K - 1``) standard deviation, which is what the
+    official code computes: sunshangquan/logit-standardization-KD, ``mdistiller/distillers/KD.py`` lines 7-10
+    (``logit.std(dim=-1)``, PyTorch's default correction of 1; the same ``normalize`` is in ``DKD.py`` lines 7-10).
+    The result does not change when a row is scaled by a positive number or shifted by any number (up to the
+    ``1e-7``), and its argmax is the row's own. Computed in at least float32 and returned in the dtype of
+    ``logits``; differentiable (plain autograd).
+    """
+    if logits.shape[-1] < 2:
+        raise ValueError(f"logit standardization needs at least 2 classes, got logits of shape {tuple(logits.shape)}")
+    z = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    std, mean = torch.std_mean(z, dim=-1, keepdim=True)  # correction=1: Tensor.std's default, as the official code
+    return ((z - mean) / (std + STANDARDIZE_EPS)).to(logits.dtype)
 
 
 def _kl_from_log_probs(log_p_teacher: torch.Tensor, log_p_student: torch.Tensor) -> torch.Tensor:
@@ -157,6 +192,13 @@ def nkd_loss(
     return target_term + gamma * temperature**2 * soft_term
 
 
+def _check_flag(owner: str, name: str, value: bool) -> bool:
+    """A switch must be a real boolean (not ``1``, not ``"true"``); the error names the setting."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{owner}: {name} must be true or false, got {value!r}")
+    return value
+
+
 def _check_settings(owner: str, **settings: float) -> None:
     """Temperatures must be positive, weights non-negative, all finite numbers; the error names the setting."""
     for name, value in settings.items():
@@ -172,12 +214,29 @@ class PerSampleLoss:
     """A base logit loss with its settings: ``loss(student_logits, teacher_logits, target) -> (N,)``.
 
     Subclasses set their settings in ``__init__`` (checked there, once) and implement ``__call__``;
-    :meth:`settings` returns them as plain numbers, which is what checkpoints and loggers record.
+    :meth:`settings` returns them as plain numbers and booleans, which is what checkpoints and loggers record.
+    A subclass that sets ``standardize`` passes its logits through :meth:`_standardized` first.
     """
 
+    standardize: bool = False
+
     def settings(self) -> dict[str, float | bool]:
-        """The loss's settings by name (plain Python numbers and switches)."""
+        """The loss's settings by name (plain Python numbers and booleans)."""
         return {}
+
+    def _standardized(
+        self, student_logits: torch.Tensor, teacher_logits: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The logits the loss is computed on: both standardized (:func:`standardize_logits`) when
+        ``standardize`` is set, else as given. The teacher side stays detached.
+
+        The official LS code standardizes the whole logit vector, target class included, and only then applies
+        the loss and its temperature (``KD.py`` lines 13-18, ``DKD.py`` lines 13-39): DKD's target/non-target
+        split and NKD's two terms see standardized logits, and the ``T^2`` factor is kept.
+        """
+        if not self.standardize:
+            return student_logits, teacher_logits
+        return standardize_logits(student_logits), standardize_logits(teacher_logits.detach())
 
     def __call__(
         self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor
@@ -199,19 +258,24 @@ class KDLoss(PerSampleLoss):
     """Hinton et al.'s KD per row (see :func:`kd_loss`).
 
     Args:
-        temperature: softening temperature T (the loss is scaled by T^2); 4 in the official CIFAR-100 recipes.
+        temperature: softening temperature T (the loss is scaled by T^2); 4 in the official CIFAR-100 recipes
+            (with ``standardize``, the LS paper's base temperature: 2 or 3 by pair).
+        standardize: logit standardization (LS) of both networks' logits, per row, before the loss
+            (:func:`standardize_logits`); off by default.
     """
 
-    def __init__(self, temperature: float = 4.0) -> None:
+    def __init__(self, temperature: float = 4.0, standardize: bool = False) -> None:
         _check_settings("KDLoss", temperature=temperature)
         self.temperature = float(temperature)
+        self.standardize = _check_flag("KDLoss", "standardize", standardize)
 
-    def settings(self) -> dict[str, float]:
-        return {"temperature": self.temperature}
+    def settings(self) -> dict[str, float | bool]:
+        return {"temperature": self.temperature, "standardize": self.standardize}
 
     def __call__(
         self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor | None = None
     ) -> torch.Tensor:
+        student_logits, teacher_logits = self._standardized(student_logits, teacher_logits)
         return kd_loss(student_logits, teacher_logits, target, temperature=self.temperature)
 
 
@@ -222,18 +286,29 @@ class DKDLoss(PerSampleLoss):
         temperature: T; 4 in the official CIFAR-100 recipes (1 on ImageNet).
         alpha: weight of the target-class term (TCKD); 1.
         beta: weight of the non-target term (NCKD); 8 by default, 6 for some pairs (the pair configs set it).
+        standardize: logit standardization (LS) of both networks' logits, per row, before the loss
+            (:func:`standardize_logits`); off by default.
     """
 
-    def __init__(self, temperature: float = 4.0, alpha: float = 1.0, beta: float = 8.0) -> None:
+    def __init__(
+        self, temperature: float = 4.0, alpha: float = 1.0, beta: float = 8.0, standardize: bool = False
+    ) -> None:
         _check_settings("DKDLoss", temperature=temperature, alpha=alpha, beta=beta)
         self.temperature, self.alpha, self.beta = float(temperature), float(alpha), float(beta)
+        self.standardize = _check_flag("DKDLoss", "standardize", standardize)
 
-    def settings(self) -> dict[str, float]:
-        return {"temperature": self.temperature, "alpha": self.alpha, "beta": self.beta}
+    def settings(self) -> dict[str, float | bool]:
+        return {
+            "temperature": self.temperature,
+            "alpha": self.alpha,
+            "beta": self.beta,
+            "standardize": self.standardize,
+        }
 
     def __call__(
         self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor
     ) -> torch.Tensor:
+        student_logits, teacher_logits = self._standardized(student_logits, teacher_logits)
         return dkd_loss(
             student_logits, teacher_logits, target, temperature=self.temperature, alpha=self.alpha, beta=self.beta
         )
@@ -250,20 +325,31 @@ class NKDLoss(PerSampleLoss):
             official SDD code computes it (its "non-target" mask is all ones) and as its published NKD and SD-NKD
             numbers were trained. ``True``: the target class is left out and the rest renormalised, as NKD is
             defined (``distill.loss.exclude_target=true``).
+        standardize: logit standardization (LS) of both networks' logits, per row, before the loss
+            (:func:`standardize_logits`); off by default. Both terms see the standardized logits (the official
+            LS code has no NKD; this follows what it does for DKD), with either ``exclude_target``.
     """
 
-    def __init__(self, temperature: float = 4.0, gamma: float = 8.0, exclude_target: bool = False) -> None:
+    def __init__(
+        self, temperature: float = 4.0, gamma: float = 8.0, exclude_target: bool = False, standardize: bool = False
+    ) -> None:
         _check_settings("NKDLoss", temperature=temperature, gamma=gamma)
-        if not isinstance(exclude_target, bool):
-            raise ValueError(f"NKDLoss: exclude_target must be true or false, got {exclude_target!r}")
-        self.temperature, self.gamma, self.exclude_target = float(temperature), float(gamma), exclude_target
+        self.temperature, self.gamma = float(temperature), float(gamma)
+        self.exclude_target = _check_flag("NKDLoss", "exclude_target", exclude_target)
+        self.standardize = _check_flag("NKDLoss", "standardize", standardize)
 
     def settings(self) -> dict[str, float | bool]:
-        return {"temperature": self.temperature, "gamma": self.gamma, "exclude_target": self.exclude_target}
+        return {
+            "temperature": self.temperature,
+            "gamma": self.gamma,
+            "exclude_target": self.exclude_target,
+            "standardize": self.standardize,
+        }
 
     def __call__(
         self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor
     ) -> torch.Tensor:
+        student_logits, teacher_logits = self._standardized(student_logits, teacher_logits)
         return nkd_loss(
             student_logits,
             teacher_logits,
