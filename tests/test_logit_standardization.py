@@ -137,7 +137,7 @@ def test_with_sdd_every_region_is_standardized_on_its_own():
 
 def test_the_switch_is_a_setting_that_compares_prints_and_must_be_a_boolean():
     assert KDLoss(2.0, standardize=True).settings() == {"temperature": 2.0, "standardize": True}
-    assert DKDLoss(standardize=True) != DKDLoss() and NKDLoss(standardize=True) == NKDLoss(4.0, 8.0, True)
+    assert DKDLoss(standardize=True) != DKDLoss() and NKDLoss(standardize=True) == NKDLoss(4.0, 8.0, False, True)
     assert eval(repr(NKDLoss(gamma=1.5, standardize=True))) == NKDLoss(gamma=1.5, standardize=True)
     for value in ("true", 1, None):
         with pytest.raises(ValueError, match=rf"DKDLoss: standardize must be true or false, got {value!r}"):

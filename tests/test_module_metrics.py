@@ -362,7 +362,13 @@ def squared_rows(student, teacher, target):
 def test_the_recorded_hyperparameters_name_the_base_loss_and_its_settings():
     teacher, student = _networks()
     configured = DistillationModule(student, teacher, CLASSES, loss=NKDLoss(temperature=1.0, gamma=0.5))
-    assert configured.hparams["loss"] == {"name": "NKDLoss", "temperature": 1.0, "gamma": 0.5, "exclude_target": False}
+    assert configured.hparams["loss"] == {
+        "name": "NKDLoss",
+        "temperature": 1.0,
+        "gamma": 0.5,
+        "exclude_target": False,
+        "standardize": False,
+    }
     function = DistillationModule(student, teacher, CLASSES, loss=squared_rows)
     assert function.hparams["loss"] == {"name": "squared_rows"}
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -69,9 +70,14 @@ class Installed:
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory) -> Installed:
     build = tmp_path_factory.mktemp("wheel")
+    # the wheel is built from a copy of what it is made of, so the build leaves nothing in the checkout
+    source = tmp_path_factory.mktemp("source")
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, source / name)
+    shutil.copytree(ROOT / "src", source / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--no-input"]
     subprocess.run(
-        [*pip, "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(build), str(ROOT)],
+        [*pip, "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(build), str(source)],
         check=True,
         capture_output=True,
         timeout=300,
