@@ -30,6 +30,8 @@ BATCH = 50
 EPOCHS = 10  # 2,000 draws per pipeline
 PIPELINES = ["standard", "device-resident"]
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def position_images(n: int) -> torch.Tensor:
     """``uint8 (n, 3, 32, 32)``: red = row + 1, green = column + 1, blue = image index."""
@@ -38,15 +40,6 @@ def position_images(n: int) -> torch.Tensor:
     images[:, 1] = (torch.arange(SIZE) + 1)[None, :]
     images[:, 2] = torch.arange(n)[:, None, None]
     return images
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Many small tensor operations: one thread avoids waiting on a second one on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
