@@ -11,7 +11,11 @@ flips, always flips, restricts the offsets or repeats an epoch's draws misses it
 from __future__ import annotations
 
 import itertools
+import json
+import math
+from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 
 import lightning as L
 import numpy as np
@@ -30,6 +34,8 @@ BATCH = 50
 EPOCHS = 10  # 2,000 draws per pipeline
 PIPELINES = ["standard", "device-resident"]
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def position_images(n: int) -> torch.Tensor:
     """``uint8 (n, 3, 32, 32)``: red = row + 1, green = column + 1, blue = image index."""
@@ -38,15 +44,6 @@ def position_images(n: int) -> torch.Tensor:
     images[:, 1] = (torch.arange(SIZE) + 1)[None, :]
     images[:, 2] = torch.arange(n)[:, None, None]
     return images
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Many small tensor operations: one thread avoids waiting on a second one on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -163,6 +160,33 @@ def test_crops_cover_every_allowed_offset_evenly(cifar_root, pipeline):
     for batch in epochs[0]:
         assert len(set(zip(batch["dy"].tolist(), batch["dx"].tolist(), strict=True))) >= 10
         assert 5 <= batch["flipped"].sum() <= BATCH - 5
+
+
+OFFICIAL_VIEWS = json.loads((Path(__file__).parent / "data" / "official_step.json").read_text())["augmentation"]
+"""The views the official training transform drew (tools/record_official_step.py): (row offset, column offset,
+flip), with offsets in ``[0, 2 * padding]``."""
+
+
+def _chi_square_limit(dof: int, z: float) -> float:
+    """The chi-square value ``z`` standard deviations up (Wilson-Hilferty; within 1% for dof > 30)."""
+    return dof * (1 - 2 / (9 * dof) + z * math.sqrt(2 / (9 * dof))) ** 3
+
+
+@pytest.mark.parametrize("pipeline", PIPELINES)
+def test_draws_exactly_the_official_views_uniformly(cifar_root, pipeline):
+    """The official RandomCrop(32, padding=4) + RandomHorizontalFlip draws 9 x 9 offsets x 2 flips = 162 views,
+    each with probability 1/162: both pipelines draw from that set, all of it, evenly (chi-square test)."""
+    official = {tuple(view) for view in OFFICIAL_VIEWS["views"]}
+    padding = OFFICIAL_VIEWS["padding"]
+    assert len(official) == (2 * padding + 1) ** 2 * 2 == 162
+    drawn = _params(_all(draws(cifar_root, pipeline, padding))).tolist()
+    counts = Counter(map(tuple, drawn))
+    assert set(counts) <= official, f"views the official transform never draws: {sorted(set(counts) - official)}"
+    assert set(counts) == official, f"official views never drawn: {sorted(official - set(counts))}"
+    expected = len(drawn) / len(official)
+    statistic = sum((counts[view] - expected) ** 2 / expected for view in official)
+    limit = _chi_square_limit(len(official) - 1, z=4.75)  # p about 1e-6 for a uniform draw
+    assert statistic < limit, f"{len(drawn)} views drawn unevenly: chi-square {statistic:.0f} >= {limit:.0f}"
 
 
 def _params(decoded: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -62,6 +62,20 @@ def test_global_scale_gives_exactly_plain_kd():
     assert parts["complementary_fraction"] == 0
 
 
+@pytest.mark.parametrize(
+    ("dtype", "loss_dtype"),
+    [(torch.float64, torch.float64), (torch.float32, torch.float32), (torch.bfloat16, torch.float32)],
+)
+def test_the_loss_is_computed_in_at_least_fp32_and_float64_stays_float64(dtype, loss_dtype):
+    """Half-precision logits (autocast) are lifted to fp32; float64 (the step-for-step oracle) is not lowered."""
+    module = _distiller(scales=(1, 2))
+    x, y = next(iter(_loader()))
+    student_global, student_local = module.student_logits(x)
+    _, teacher_local = module.teacher_logits(x)
+    loss, parts = module.compute_loss(student_global.to(dtype), student_local.to(dtype), teacher_local.to(dtype), y)
+    assert loss.dtype == parts["loss_ce"].dtype == parts["loss_kd"].dtype == loss_dtype
+
+
 def test_region_zero_is_the_student_output():
     module = _distiller(scales=(1, 2, 4))
     x, _ = next(iter(_loader()))

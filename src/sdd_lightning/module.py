@@ -53,6 +53,11 @@ def warmup_factor(epoch: int, warmup_epochs: float) -> float:
     return min(epoch / warmup_epochs, 1.0)
 
 
+def _loss_precision(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in the precision losses are computed in: fp32 for half-precision (autocast) tensors, float64 kept."""
+    return x if x.dtype == torch.float64 else x.float()
+
+
 def _check_number(name: str, value: Any, *, minimum: float = 0.0) -> float:
     """A finite number >= ``minimum``; the ``ValueError`` names the setting."""
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < minimum:
@@ -160,7 +165,7 @@ class ClassificationModule(L.LightningModule):
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch
         logits = self(self._prepare(x))
-        loss = F.cross_entropy(logits.float(), y)
+        loss = F.cross_entropy(_loss_precision(logits), y)
         self._accumulate_train(loss, logits, y)
         return loss
 
@@ -185,7 +190,7 @@ class ClassificationModule(L.LightningModule):
         self._log_val(self.evaluation_logits(x), y)
 
     def _log_val(self, logits: torch.Tensor, y: torch.Tensor) -> None:
-        self.val_loss(F.cross_entropy(logits.float(), y))
+        self.val_loss(F.cross_entropy(_loss_precision(logits), y))
         self.val_acc1(logits, y)
         self.val_acc5(logits, y)
         self.log("val/loss", self.val_loss, on_epoch=True, prog_bar=False)
@@ -346,14 +351,14 @@ class DistillationModule(ClassificationModule):
     def compute_loss(
         self, student_global: torch.Tensor, student_local: torch.Tensor, teacher_local: torch.Tensor, y: torch.Tensor
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Total loss and its parts (fp32, whatever the autocast).
+        """Total loss and its parts (at least fp32, whatever the autocast; float64 stays float64).
 
         The cross-entropy uses the student's global logits (its ordinary output); the SDD term the local logits.
         The parts: ``loss_ce``, ``loss_kd`` (the SDD term before its weight), ``complementary_fraction``, and per
         scale ``loss_kd_per_scale`` (S,) and ``complementary_per_scale`` (S,), both summed over the batch.
         """
-        ce = F.cross_entropy(student_global.float(), y)
-        sdd = self.distillation_loss(student_local.float(), teacher_local.float(), y)
+        ce = F.cross_entropy(_loss_precision(student_global), y)
+        sdd = self.distillation_loss(_loss_precision(student_local), _loss_precision(teacher_local), y)
         loss = self.ce_weight * ce + self.distillation_weight() * sdd.loss
         per_scale = sdd.per_region.new_zeros(len(self.head.scales))
         complementary = sdd.complementary.sum(0).to(per_scale.dtype)
