@@ -36,19 +36,7 @@ from sdd_lightning.models import build_model
 RECORD = json.loads((Path(__file__).parent / "data" / "official_step.json").read_text())
 RTOL = 1e-6
 LOSS_CLASSES = {"kd": "KDLoss", "dkd": "DKDLoss", "nkd": "NKDLoss"}
-NKD_TARGET_CLASS = (
-    "the official SDD_nkd.py keeps the target class in NKD's non-target term (its mask scatters 1 into a tensor "
-    "of ones), while the project's NKD leaves it out; issue 27 item 1 makes the published settings take the "
-    "official step"
-)
-
-
-def _case(setting: str):
-    marks = [pytest.mark.xfail(strict=False, reason=NKD_TARGET_CLASS)] if setting.endswith("nkd") else []
-    return pytest.param(setting, id=setting.removeprefix("cifar100/"), marks=marks)
-
-
-CASES = [_case(setting) for setting in RECORD["cases"]]
+CASES = [pytest.param(setting, id=setting.removeprefix("cifar100/")) for setting in RECORD["cases"]]
 
 # float64 convolutions on small batches: a second thread costs more than it gives on a busy machine
 pytestmark = pytest.mark.usefixtures("one_thread")
