@@ -156,7 +156,8 @@ def test_model_card_gives_the_recipe_in_words(fp32):
     ):
         assert row in markdown, row
     assert card["recipe"] | {"epochs": 1, "batch_size": 64, "lr": 0.05} == card["recipe"]
-    assert card["method"]["settings"]["loss"] == {"temperature": 4.0}
+    assert card["method"]["settings"]["loss"] == {"temperature": 4.0, "standardize": False}
+    assert "logit standardization" not in markdown  # said only where it is on
 
 
 def denied_in(folder: Path):

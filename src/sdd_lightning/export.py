@@ -377,6 +377,8 @@ def _recipe_rows(card: Mapping[str, Any]) -> list[tuple[str, str]]:
     if "exclude_target" in loss:
         soft = "the target class left out" if loss["exclude_target"] else "all classes, the target included (official)"
         rows.append(("NKD soft term", soft))
+    if loss.get("standardize"):
+        rows.append(("logit standardization", "both networks' logits z-scored per region before the loss (LS)"))
     if settings.get("warmup_epochs"):
         rows.append(("warm-up", f"the distillation term ramps up over {settings['warmup_epochs']} epochs"))
     scales = settings.get("scales")
