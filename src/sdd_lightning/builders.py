@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from sdd_lightning.catalog import published_top1
+from sdd_lightning.data.in_memory import InMemoryImageDataModule
 from sdd_lightning.model_card import find_model_card
 from sdd_lightning.models import (
     ClassCountMismatchError,
@@ -49,6 +50,7 @@ __all__ = [
     "check_accelerator",
     "check_config",
     "check_scales_fit",
+    "configure_teacher_cache",
     "is_distillation",
 ]
 
@@ -251,8 +253,53 @@ def build_module(cfg: DictConfig, num_classes: int) -> ClassificationModule:
         fold_teacher_bn=bool(cfg.runtime.fold_teacher_bn),
         teacher_expected_acc1=expected_teacher_acc1(cfg) if cfg.teacher.get("check", True) else None,
         teacher_acc1_margin=cfg.teacher.get("acc1_margin", 0.01),
+        **_teacher_cache_options(cfg),
         **common,
     )
+
+
+def _teacher_cache_options(cfg: DictConfig) -> dict[str, Any]:
+    """The teacher view cache's arguments of a ``DistillationModule``, only when ``teacher.cache_dir`` is set."""
+    if cfg.teacher.get("cache_dir") is None:
+        return {}
+    return {"teacher_cache_dir": str(cfg.teacher.cache_dir), "teacher_cache_dtype": str(cfg.teacher.cache_dtype)}
+
+
+def configure_teacher_cache(cfg: DictConfig, datamodule: L.LightningDataModule) -> None:
+    """With ``teacher.cache_dir``: refuses what cannot be cached exactly, and makes the batches carry their views.
+
+    The cache is exact only where every training image is one of a finite set of views of a fixed image: the
+    in-memory data modules (CIFAR-100, the synthetic set) with their crop-and-flip augmentation, on either
+    pipeline. Image-file data sets (random-resized crops on ImageNet, crops of resized photos on CUB) and a
+    replaced training transform are refused.
+    """
+    cache_dir = cfg.teacher.get("cache_dir")
+    if cache_dir is None:
+        return
+    given = f"teacher.cache_dir={cache_dir}"
+    if not is_distillation(cfg):
+        raise ConfigError(f"{given}: distill={cfg.get('method')} has no teacher to cache; drop teacher.cache_dir")
+    if str(cfg.teacher.get("cache_dtype")) not in ("float32", "float16"):
+        raise ConfigError(
+            f"teacher.cache_dtype={cfg.teacher.get('cache_dtype')}: use float32 (the exact logits) or float16 "
+            "(half the disk, rounded targets)"
+        )
+    name = type(datamodule).__name__
+    if not isinstance(datamodule, InMemoryImageDataModule):
+        raise ConfigError(
+            f"{given}: the cache is exact only for a finite set of views of in-memory images (CIFAR-100's crop with "
+            f"padding 4 and flip: 162 per image), and {name} draws random-resized crops of image files; "
+            "drop teacher.cache_dir"
+        )
+    if type(datamodule).train_transform is not InMemoryImageDataModule.train_transform:
+        raise ConfigError(
+            f"{given}: {name} replaces the training transform, so its views may fall outside the finite "
+            "crop-and-flip set the cache is exact for; drop teacher.cache_dir"
+        )
+    path = Path(str(cache_dir)).expanduser()
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{given} is a file: give a folder (it is created if missing)")
+    datamodule.with_views = True
 
 
 def check_accelerator(cfg: DictConfig, trainer_choice: str | None = None) -> None:

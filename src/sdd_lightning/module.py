@@ -20,6 +20,7 @@ from functools import partial
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -30,6 +31,7 @@ from sdd_lightning.heads import Pooling, ScaleDecoupledHead
 from sdd_lightning.losses import Consistency, KDLoss, PerSampleLoss, ScaleDecoupledLoss
 from sdd_lightning.models.fold_bn import fold_batchnorm
 from sdd_lightning.models.interface import get_classifier
+from sdd_lightning.teacher_cache import TeacherCacheError, TeacherViewCache, state_dict_hash
 
 __all__ = ["ClassificationModule", "DistillationModule", "TeacherCheckError", "warmup_factor"]
 
@@ -255,6 +257,12 @@ class DistillationModule(ClassificationModule):
             more than ``teacher_acc1_margin`` below this refuses to start (:class:`TeacherCheckError`). ``None``:
             measured and logged, not compared.
         teacher_acc1_margin: how far below ``teacher_expected_acc1`` the measured top-1 may be (a fraction).
+        teacher_cache_dir: a folder where the teacher's region logits are kept per training image and view and
+            shared between runs (:mod:`sdd_lightning.teacher_cache`); ``None``: the teacher runs on every batch.
+            Needs training batches ``(images, labels, views)`` and the data module's ``view_set()`` (an in-memory
+            data module with ``with_views=True``). A batch runs the teacher only on the entries not stored yet.
+        teacher_cache_dtype: ``"float32"`` (the live logits, exactly) or ``"float16"`` (half the disk; the
+            targets are then the logits rounded to float16, in every step alike).
     """
 
     def __init__(
@@ -278,6 +286,8 @@ class DistillationModule(ClassificationModule):
         compile: bool = False,
         teacher_expected_acc1: float | None = None,
         teacher_acc1_margin: float = 0.01,
+        teacher_cache_dir: str | None = None,
+        teacher_cache_dtype: str = "float32",
     ) -> None:
         super().__init__(student, num_classes, optimizer, scheduler, channels_last, compile=False)
         self.head = ScaleDecoupledHead(scales, pooling)
@@ -311,6 +321,10 @@ class DistillationModule(ClassificationModule):
         self.register_buffer("teacher_acc1", torch.tensor(-1.0))
         self.register_buffer("teacher_local_acc1", torch.full((len(self.head.scales),), -1.0))
         self._val_sums = _EpochSums()
+        self.teacher_cache_dir = None if teacher_cache_dir is None else str(teacher_cache_dir)
+        self.teacher_cache_dtype = teacher_cache_dtype
+        self._teacher_cache: TeacherViewCache | None = None
+        self._view_set: Any = None
 
     @property
     def student(self) -> nn.Module:
@@ -371,10 +385,13 @@ class DistillationModule(ClassificationModule):
         }
         return loss, parts
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        x, y = batch
+    def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
+        x, y, *views = batch
         x = self._prepare(x)
-        _, teacher_local = self.teacher_logits(x)
+        if self.teacher_cache_dir is None:
+            _, teacher_local = self.teacher_logits(x)
+        else:
+            teacher_local = self.cached_teacher_local(x, views[0] if views else None)
         student_global, student_local = self.student_logits(x)
         loss, parts = self.compute_loss(student_global, student_local, teacher_local, y)
         self._accumulate_train(loss, student_global, y)
@@ -383,6 +400,73 @@ class DistillationModule(ClassificationModule):
         self._train_sums.add("per_scale/loss_kd", parts["loss_kd_per_scale"], y.numel())
         self._train_sums.add("per_scale/complementary", parts["complementary_per_scale"], y.numel())
         return loss
+
+    # -- the teacher view cache ---------------------------------------------------------------------
+    @torch.no_grad()
+    def cached_teacher_local(self, x: torch.Tensor, views: torch.Tensor | None) -> torch.Tensor:
+        """The teacher's local logits ``(B, R, K)`` (float32) of a batch, read from the cache where stored.
+
+        The missing entries are computed in one teacher pass over those images alone (at least two of them: a
+        batch of one may round differently) and written to the cache. Reads the views on the host: one
+        synchronisation per step, which the disk access needs anyway.
+        """
+        if views is None:
+            raise TeacherCacheError(
+                "teacher.cache_dir: the training batches carry no views (index, crop offset, flip); the data module "
+                "must be an in-memory one (CIFAR-100, the synthetic set) built with with_views=true"
+            )
+        cache = self._open_teacher_cache(x)
+        ids = self._view_set.flat_ids(views.cpu()).numpy()
+        found, stored = cache.lookup(ids)
+        local = torch.empty((len(ids), *cache.logits.shape[1:]), dtype=torch.float32)
+        local[torch.from_numpy(found)] = torch.from_numpy(stored)
+        missing = np.flatnonzero(~found)
+        if len(missing):
+            rows = torch.from_numpy(missing).to(x.device)
+            _, computed = self.teacher_logits(x.index_select(0, rows if len(missing) > 1 else rows.repeat(2)))
+            computed = computed[: len(missing)].float().cpu().numpy().astype(cache.logits.dtype)
+            cache.store(ids[missing], computed)
+            local[torch.from_numpy(missing)] = torch.from_numpy(computed.astype(np.float32))
+        self._train_sums.add("train/teacher_cache_hit_rate", torch.tensor(found.mean(), device=x.device))
+        return local.to(x.device)
+
+    def _open_teacher_cache(self, x: torch.Tensor) -> TeacherViewCache:
+        """The cache of this teacher, scale set, data set and way of computing, opened at the first training step.
+
+        Opened then rather than when built, so that the teacher's weights are final (BatchNorm folded, a resumed
+        checkpoint loaded) when they are hashed.
+        """
+        if self._teacher_cache is None:
+            view_set = getattr(getattr(self._trainer, "datamodule", None), "view_set", None)
+            if view_set is None:
+                raise TeacherCacheError(
+                    "teacher.cache_dir needs the data module's view_set() (an in-memory data module with "
+                    "with_views=true, passed to Trainer.fit as datamodule=)"
+                )
+            self._view_set = view_set()
+            device = x.device.type
+            autocast = str(torch.get_autocast_dtype(device)) if torch.is_autocast_enabled(device) else None
+            key = {
+                "teacher": state_dict_hash(self.teacher),
+                "scales": list(self.head.scales),
+                "pooling": self.head.pooling.value,
+                "data": self._view_set.fingerprint,
+                "compute": {
+                    "device": device,
+                    "autocast": autocast,
+                    "channels_last": self.channels_last,
+                    "compile": bool(self.hparams.get("compile")),
+                },
+            }
+            self._teacher_cache = TeacherViewCache(
+                self.teacher_cache_dir,
+                key,
+                entries=self._view_set.num_images * self._view_set.views_per_image,
+                regions=sum(s * s for s in self.head.scales),
+                num_classes=self.num_classes,
+                dtype=self.teacher_cache_dtype,
+            )
+        return self._teacher_cache
 
     def on_train_epoch_end(self) -> None:
         means = self._train_sums.means()

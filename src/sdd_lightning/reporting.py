@@ -35,6 +35,7 @@ from sdd_lightning.callbacks import TrainingDiverged
 from sdd_lightning.data.errors import DatasetError
 from sdd_lightning.module import TeacherCheckError
 from sdd_lightning.run_lock import RunFolderInUse
+from sdd_lightning.teacher_cache import TeacherCacheError
 
 __all__ = [
     "DEBUG_ENV",
@@ -196,6 +197,8 @@ def describe_error(error: BaseException) -> tuple[str, int] | None:
             return f"sdd-train: data error: {_original_message(cause)}", 2
         if isinstance(cause, TeacherCheckError):
             return f"sdd-train: teacher check failed: {cause}", 2
+        if isinstance(cause, TeacherCacheError):
+            return f"sdd-train: teacher cache: {cause}", 2
         if isinstance(cause, RunFolderInUse):
             return f"sdd-train: {cause}", 2
         if isinstance(cause, TrainingDiverged):

@@ -66,6 +66,7 @@ PRESENTATION_OVERRIDES: tuple[str, ...] = (
     "data.num_workers",
     "data.pin_memory",
     "teacher.checkpoint",  # where the teacher's weights lie (the teacher is named by the setting)
+    "teacher.cache_dir",  # the teacher view cache gives the live targets exactly (float32; cache_dtype is kept)
     "ckpt_path",  # resuming
     "callbacks",  # progress bar, checkpoint cadence (e.g. callbacks=quiet)
     "callbacks.",

@@ -40,6 +40,7 @@ from sdd_lightning.builders import (
     check_accelerator,
     check_config,
     check_scales_fit,
+    configure_teacher_cache,
     is_distillation,
 )
 from sdd_lightning.callbacks import FiniteLossCheck, TrainingDiverged
@@ -129,6 +130,7 @@ def _train(cfg: DictConfig, run_dir: Path, record: RunRecord) -> dict[str, Any]:
         )
     L.seed_everything(cfg.seed, workers=True)
     datamodule = build_datamodule(cfg)
+    configure_teacher_cache(cfg, datamodule)
     module = build_module(cfg, datamodule.num_classes)
     check_scales_fit(module, datamodule)
     record.networks = _networks(cfg, datamodule.num_classes)

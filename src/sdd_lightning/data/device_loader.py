@@ -47,6 +47,10 @@ class DeviceResidentLoader(ResumableEpochs):
         rank: This process's global rank.
         world_size: Number of processes sharing the data.
         device: Where the data and the batches live; ``None`` keeps the device of ``images``.
+        source_index: With it, batches are ``(images, labels, views)``: ``views`` int64 ``(B, 4)`` holds each
+            image's ``source_index`` entry and the view it drew, ``(dy, dx, flip)`` (without augmentation
+            ``(padding, padding, 0)``, the image itself); see :mod:`sdd_lightning.data.views`. The draws are
+            the same with and without it.
     """
 
     def __init__(
@@ -65,6 +69,7 @@ class DeviceResidentLoader(ResumableEpochs):
         rank: int = 0,
         world_size: int = 1,
         device: torch.device | str | None = None,
+        source_index: torch.Tensor | None = None,
     ) -> None:
         if images.ndim != 4 or images.dtype != torch.uint8:
             raise ValueError(f"images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
@@ -83,6 +88,7 @@ class DeviceResidentLoader(ResumableEpochs):
         self.drop_last = drop_last
         self.seed = seed
         self.rank = rank
+        self.source_index = source_index
         self.sampler = EpochSampler(images.shape[0], num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed)
         self.batch_sampler = None  # read by Lightning's DataLoader checks, as on a DataLoader without one
         self._resident: tuple[torch.Tensor, ...] | None = None
@@ -99,15 +105,24 @@ class DeviceResidentLoader(ResumableEpochs):
             self._resident = tuple(t.to(self.device) for t in (self.images, self.labels, self.mean, self.std))
         return self._resident
 
-    def _batches(self, epoch: int, first: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def _batches(self, epoch: int, first: int) -> Iterator[tuple[torch.Tensor, ...]]:
         images, labels, mean, std = self._on_device()
+        source_index = self.source_index.to(self.device) if self.source_index is not None else None
         order = torch.as_tensor(list(self.sampler), dtype=torch.long).to(self.device)  # from batch `first` on
         for batch in range(first, len(self)):
             start = (batch - first) * self.batch_size
             index = order[start : start + self.batch_size]
             x = images.index_select(0, index)
+            views = None
             if self.augment:
                 generator = torch.Generator(device=self.device)
                 generator.manual_seed(derive_seed(self.seed, epoch, self.rank, _AUGMENT_STREAM, batch))
-                x = random_crop_flip(x, self.padding, generator)
-            yield normalize_batch(x, mean, std), labels.index_select(0, index)
+                x, views = random_crop_flip(x, self.padding, generator, return_views=True)
+            batch_labels = labels.index_select(0, index)
+            if source_index is None:
+                yield normalize_batch(x, mean, std), batch_labels
+                continue
+            if views is None:  # no augmentation: every image is the centre crop of its padded self, unflipped
+                views = torch.tensor([self.padding, self.padding, 0], device=self.device).expand(len(index), 3)
+            source = source_index.index_select(0, index)[:, None]
+            yield normalize_batch(x, mean, std), batch_labels, torch.cat([source, views], 1)

@@ -11,7 +11,23 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms.v2 import functional as TF
 
-__all__ = ["normalize_batch", "random_crop_flip"]
+__all__ = ["draw_crop_flip", "normalize_batch", "random_crop_flip"]
+
+
+def draw_crop_flip(
+    batch: int, padding: int, generator: torch.Generator | None = None, *, flip: bool = True, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The random draws of :func:`random_crop_flip` for ``batch`` images: offsets ``(2, B)`` and flips ``(B,)``.
+
+    Row and column offsets are uniform in ``[0, 2 * padding]``, drawn in that order before the flips (all
+    ``False`` when ``flip`` is off), from ``generator`` (which may live on another device than ``device``).
+    """
+    param_device = generator.device if generator is not None else device
+    offsets = torch.randint(0, 2 * padding + 1, (2, batch), generator=generator, device=param_device).to(device)
+    if not flip:
+        return offsets, torch.zeros(batch, dtype=torch.bool, device=device)
+    flipped = (torch.rand(batch, generator=generator, device=param_device) < 0.5).to(device)
+    return offsets, flipped
 
 
 def random_crop_flip(
@@ -21,7 +37,8 @@ def random_crop_flip(
     *,
     flip: bool = True,
     fill: float = 0,
-) -> torch.Tensor:
+    return_views: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Randomly crop (after constant padding) and horizontally flip every image of a batch independently.
 
     Equivalent in distribution to applying ``RandomCrop((H, W), padding=padding, fill=fill)`` then
@@ -38,9 +55,11 @@ def random_crop_flip(
             tiny host-to-device copy); ``None`` uses the global generator of the images' device.
         flip: Whether to flip half of the images horizontally.
         fill: Value of the padded border.
+        return_views: Also return each image's view ``(B, 3)`` int64: row offset, column offset (both in
+            ``[0, 2 * padding]``, in the padded image) and flip (0 or 1). The draws are the same either way.
 
     Returns:
-        The augmented batch, same shape, dtype and device as ``images``.
+        The augmented batch, same shape, dtype and device as ``images`` (and the views with ``return_views``).
     """
     if images.ndim != 4:
         raise ValueError(f"random_crop_flip expects a batch (B, C, H, W), got shape {tuple(images.shape)}")
@@ -48,17 +67,17 @@ def random_crop_flip(
         raise ValueError(f"padding must be >= 0, got {padding}")
     batch, channels, height, width = images.shape
     device = images.device
-    param_device = generator.device if generator is not None else device
-    offsets = torch.randint(0, 2 * padding + 1, (2, batch), generator=generator, device=param_device).to(device)
+    offsets, flipped = draw_crop_flip(batch, padding, generator, flip=flip, device=device)
     rows = offsets[0, :, None] + torch.arange(height, device=device)  # (B, H) rows of the padded image
     cols = offsets[1, :, None] + torch.arange(width, device=device)  # (B, W)
-    if flip:
-        flipped = (torch.rand(batch, generator=generator, device=param_device) < 0.5).to(device)
-        cols = torch.where(flipped[:, None], cols.flip(1), cols)
+    cols = torch.where(flipped[:, None], cols.flip(1), cols)
     padded = F.pad(images, (padding, padding, padding, padding), value=fill) if padding else images
     batch_index = torch.arange(batch, device=device)[:, None, None, None]
     channel_index = torch.arange(channels, device=device)[None, :, None, None]
-    return padded[batch_index, channel_index, rows[:, None, :, None], cols[:, None, None, :]]
+    out = padded[batch_index, channel_index, rows[:, None, :, None], cols[:, None, None, :]]
+    if return_views:
+        return out, torch.stack([offsets[0], offsets[1], flipped.long()], 1)
+    return out
 
 
 def normalize_batch(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 from sdd_lightning.data.base import ClassificationDataModule
 from sdd_lightning.data.device_loader import DeviceResidentLoader
 from sdd_lightning.data.transforms import cifar_eval_transform, cifar_train_transform
+from sdd_lightning.data.views import ViewedImageDataset, ViewSet, fingerprint_images
 
 __all__ = ["InMemoryImageDataModule", "TensorImageDataset"]
 
@@ -64,6 +65,10 @@ class InMemoryImageDataModule(ClassificationDataModule):
             attached trainer's (``trainer.strategy.root_device``), else the CPU.
         augment: Random crop and flip for training; ``False`` trains on the plain images.
         padding: Padding of the random crop.
+        with_views: Training batches are ``(images, labels, views)``, ``views`` int64 ``(B, 4)``: each image's
+            index in the whole training split and the view it drew, ``(dy, dx, flip)``; the images are the same
+            as without it (see :mod:`sdd_lightning.data.views`). What the teacher view cache reads; ``view_set()``
+            describes the views after ``setup``.
         **loader_kwargs: ``batch_size`` (per device), ``eval_batch_size``, ``num_workers``,
             ``pin_memory``, ``seed``, ``drop_last``, ``persistent_workers``, ``val_split``, ``val_split_seed``; see
             :class:`~sdd_lightning.data.base.ClassificationDataModule`.
@@ -79,12 +84,16 @@ class InMemoryImageDataModule(ClassificationDataModule):
         device_resident: bool = False,
         augment: bool = True,
         padding: int = 4,
+        with_views: bool = False,
         **loader_kwargs,
     ) -> None:
         super().__init__(root, **loader_kwargs)
         self.device_resident = device_resident
         self.augment = augment
         self.padding = padding
+        self.with_views = with_views
+        self.train_source_index: torch.Tensor | None = None
+        self._view_set: ViewSet | None = None
         self.train_data: tuple[torch.Tensor, torch.Tensor] | None = None
         self.val_data: tuple[torch.Tensor, torch.Tensor] | None = None
         self.test_data: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -103,22 +112,36 @@ class InMemoryImageDataModule(ClassificationDataModule):
             holdout = self._holdout(labels)
             if holdout is None:
                 self.train_data = (images, labels)
+                self.train_source_index = torch.arange(len(images))
             else:
                 keep, held = holdout
                 self.train_data = (images[keep], labels[keep])
+                self.train_source_index = torch.as_tensor(keep, dtype=torch.long)
                 self.val_data = (images[held], labels[held])
                 self.val_set = TensorImageDataset(*self.val_data, evaluation)
-            if self.augment:
-                transform = cifar_train_transform(self.mean, self.std, self.padding, images.shape[-1])
+            transform = self.train_transform(images.shape[-1]) if self.augment else evaluation
+            if self.with_views:
+                fingerprint = fingerprint_images(images, self.mean, self.std, self.padding)
+                self._view_set = ViewSet(len(images), self.padding, fingerprint)
+                self.train_set = ViewedImageDataset(*self.train_data, self.train_source_index, transform, self.padding)
             else:
-                transform = evaluation
-            self.train_set = TensorImageDataset(*self.train_data, transform)
+                self.train_set = TensorImageDataset(*self.train_data, transform)
             self.train_eval_set = TensorImageDataset(*self.train_data, evaluation)
         if need_test and self.test_data is None:
             self.test_data = self._load_split(train=False)
             self.test_set = TensorImageDataset(*self.test_data, evaluation)
             if self.val_split is None:
                 self.val_data, self.val_set = self.test_data, self.test_set
+
+    def train_transform(self, size: int) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The training augmentation of the standard pipeline: CIFAR's crop (``padding``) and flip, normalised."""
+        return cifar_train_transform(self.mean, self.std, self.padding, size)
+
+    def view_set(self) -> ViewSet:
+        """The views training batches index into (``with_views=True``, after ``setup("fit")``)."""
+        if self._view_set is None:
+            raise RuntimeError(f"{type(self).__name__} has no view set: construct it with with_views=True, call setup")
+        return self._view_set
 
     def _device_loader(self, split: str, *, train: bool = False) -> DeviceResidentLoader:
         data = {"training": self.train_data, "validation": self.val_data, "test": self.test_data}[split]
@@ -142,6 +165,7 @@ class InMemoryImageDataModule(ClassificationDataModule):
             rank=rank,
             world_size=world_size,
             device=device,
+            source_index=self.train_source_index if train and self.with_views else None,
         )
 
     def teardown(self, stage: str | None = None) -> None:
