@@ -3,6 +3,7 @@
 Usage::
 
     .venv/bin/python benchmarks/bench_teacher_cache.py [--repeats 5] [--sim-images 10000] [--out report.md]
+    python3 benchmarks/bench_teacher_cache.py --device cuda --repeats 3 --sim-images 1000 --epochs 10   # GPU lease
 
 - Step time, in one process, interleaved: one SD-KD training step of ResNet32x4 -> ResNet8x4 at batch 64
   (random 32x32 images, 100 classes, M = {1, 2}, the official scale set of this pair) with the teacher run
@@ -51,6 +52,7 @@ _AUGMENT_STREAM = 1  # as in sdd_lightning.data.device_loader
 
 
 def step_timings(args: argparse.Namespace, cache_root: Path) -> tuple[dict, dict]:
+    device = torch.device(args.device)
     torch.manual_seed(0)
     module = DistillationModule(
         build_model("resnet8x4", num_classes=CLASSES),
@@ -59,13 +61,13 @@ def step_timings(args: argparse.Namespace, cache_root: Path) -> tuple[dict, dict
         scales=(1, 2),
         teacher_cache_dir=str(cache_root),
     )
-    module.train()
+    module.to(device).train()
     optimizer = torch.optim.SGD(module.student.parameters(), lr=0.05, momentum=0.9)
     module._view_set = ViewSet(IMAGES, 4, "benchmark")
     module._teacher_cache = cache = TeacherViewCache(
         cache_root, {"teacher": "benchmark"}, entries=IMAGES * VIEWS, regions=5, num_classes=CLASSES, dtype="float32"
     )
-    x, y = torch.randn(BATCH, 3, 32, 32), torch.randint(0, CLASSES, (BATCH,))
+    x, y = torch.randn(BATCH, 3, 32, 32, device=device), torch.randint(0, CLASSES, (BATCH,), device=device)
     stored = torch.stack([torch.arange(BATCH), torch.zeros(BATCH), torch.zeros(BATCH), torch.zeros(BATCH)], 1).long()
     module.cached_teacher_local(x, stored)  # the warm entries
     fresh = iter(range(1, IMAGES))
@@ -90,7 +92,7 @@ def step_timings(args: argparse.Namespace, cache_root: Path) -> tuple[dict, dict
         ids = module._view_set.flat_ids(views).numpy()
         found, _ = cache.lookup(ids)
         computed = module.teacher_logits(x)[1]
-        cache.store(ids[~found], computed[torch.from_numpy(~found)].numpy())
+        cache.store(ids[~found], computed[torch.from_numpy(~found).to(device)].cpu().numpy())
         return computed
 
     variants = {
@@ -100,7 +102,8 @@ def step_timings(args: argparse.Namespace, cache_root: Path) -> tuple[dict, dict
         "50% hits, teacher on the misses": lambda: step(lambda: module.cached_teacher_local(x, new_views(BATCH // 2))),
         "50% hits, teacher on the whole batch": lambda: step(whole_batch_half),
     }
-    timings = interleaved(variants, repeats=args.repeats, warmup=args.warmup)
+    sync = torch.cuda.synchronize if device.type == "cuda" else None
+    timings = interleaved(variants, repeats=args.repeats, warmup=args.warmup, sync=sync)
     return timings, cache.size()
 
 
@@ -153,6 +156,7 @@ def main() -> None:
     parser = add_common_args(argparse.ArgumentParser(description=__doc__), repeats=5, warmup=2)
     parser.add_argument("--sim-images", type=int, default=10_000, help="images in the hit-rate simulation")
     parser.add_argument("--epochs", type=int, default=240, help="epochs per run in the hit-rate simulation")
+    parser.add_argument("--device", default="cpu", help="where the step runs: cpu, or cuda in a GPU lease")
     args = parser.parse_args()
     setup_threads(args.threads)
     lines = ["# Teacher view cache", "", machine_description(), f"load average before: {load_average()}", ""]
@@ -161,8 +165,8 @@ def main() -> None:
         timings, size = step_timings(args, Path(folder))
     base = timings["no cache"].median
     lines += [
-        f"## Step time, ResNet32x4 -> ResNet8x4, SD-KD M={{1,2}}, batch {BATCH}, {args.threads} threads, "
-        f"{args.repeats} rounds",
+        f"## Step time on {args.device}, ResNet32x4 -> ResNet8x4, SD-KD M={{1,2}}, batch {BATCH}, "
+        f"{args.threads} threads, {args.repeats} rounds",
         "",
         markdown_table(
             ["variant", "time / no cache (median)", "IQR / median"],
