@@ -3,12 +3,15 @@ audit against the official code (shicaiwei123/SDD-CVPR2024, mdistiller) found wr
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from sdd_lightning import recipes
 from sdd_lightning.catalog import compose_setting
+from sdd_lightning.data import Cifar100DataModule
 from sdd_lightning.data.transforms import CIFAR100_MEAN, CIFAR100_STD
 
 
@@ -70,6 +73,14 @@ def test_cub_training_loader_drops_the_last_incomplete_batch():
     assert instantiate(compose_setting("cifar100/res32x4_shv1/sd_kd").data).drop_last is False
 
 
+def test_the_cifar_data_module_as_a_recipe_builds_it_pads_by_4_and_flips():
+    """SDD:mdistiller/dataset/cifar100.py:120-121: RandomCrop(32, padding=4), RandomHorizontalFlip(). Built from the
+    composed setting, as a run builds it, so a changed constructor default cannot hide behind a test's arguments."""
+    datamodule = instantiate(compose_setting("cifar100/res32x4_shv1/sd_kd").data)
+    assert datamodule.padding == 4
+    assert inspect.signature(Cifar100DataModule).parameters["padding"].default == 4  # the module built in Python
+
+
 def test_cifar_normalisation_is_the_official_one():
     # mdistiller/dataset/cifar100.py, the constants the CRD teachers were trained with
     assert CIFAR100_MEAN == (0.5071, 0.4867, 0.4408)
@@ -116,6 +127,32 @@ OFFICIAL_VALUES = [
     ("cifar100/vgg13_vgg8/sd_nkd", "distill.scales", [1, 2], "SDD:teacher_vgg.sh:47-48 (--M [1,2])"),
     ("cifar100/res32x4_res8x4/sd_nkd", "distill.scales", [1, 2], "SDD:teacher_resnet32x4.sh:44-45 (--M [1,2])"),
     ("cifar100/res32x4_res8x4/dkd", "distill.loss.beta", 8.0, "SDD:configs/cifar100/dkd/res32x4_res8x4.yaml (none: 8)"),
+    # the CIFAR-100 solver, pinned literally (docs/recipes.md is generated from the configs, so it is no reference)
+    ("cifar100/res32x4_shv1/sd_kd", "data.batch_size", 64, "SDD:configs/cifar100/sdd_kd/res32x4_shuv1.yaml:10"),
+    ("cifar100/res32x4_shv1/sd_kd", "epochs", 240, "SDD:configs/cifar100/sdd_kd/res32x4_shuv1.yaml:11"),
+    ("cifar100/res32x4_shv1/sd_kd", "optimizer.lr", 0.01, "SDD:configs/cifar100/sdd_kd/res32x4_shuv1.yaml:12"),
+    (
+        "cifar100/res32x4_shv1/sd_kd",
+        "scheduler.milestones",
+        [150, 180, 210],
+        "SDD:configs/cifar100/sdd_kd/res32x4_shuv1.yaml:13",
+    ),
+    ("cifar100/res32x4_shv1/sd_kd", "scheduler.gamma", 0.1, "SDD:configs/cifar100/sdd_kd/res32x4_shuv1.yaml:14"),
+    (
+        "cifar100/res32x4_shv1/sd_kd",
+        "optimizer.weight_decay",
+        0.0005,
+        "SDD:configs/cifar100/sdd_kd/res32x4_shuv1.yaml:15",
+    ),
+    ("cifar100/res32x4_shv1/sd_kd", "optimizer.momentum", 0.9, "SDD:configs/cifar100/sdd_kd/res32x4_shuv1.yaml:16"),
+    (
+        "cifar100/res32x4_shv1/sd_kd",
+        "distill.loss.temperature",
+        4.0,
+        "SDD:mdistiller/engine/cfg.py:61 (KD.TEMPERATURE)",
+    ),
+    ("cifar100/res32x4_shv1/sd_kd", "distill.ce_weight", 0.1, "SDD:mdistiller/engine/cfg.py:63 (KD.LOSS.CE_WEIGHT)"),
+    ("cifar100/res32x4_shv1/sd_kd", "distill.kd_weight", 0.9, "SDD:mdistiller/engine/cfg.py:64 (KD.LOSS.KD_WEIGHT)"),
 ]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -181,3 +182,14 @@ def test_the_console_script_finds_the_config_from_any_folder(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "method: sd_kd" in result.stdout
+
+
+def test_results_hold_the_best_and_the_last_epoch_as_logged(tmp_path):
+    """A run whose last epoch is not its best: ``val/acc1_best`` is the logged maximum, ``val/acc1`` the last."""
+    results = train(compose_config([*TINY, "epochs=4", "optimizer.lr=1.0", "scheduler=none"], tmp_path))
+    with (tmp_path / "csv" / "metrics.csv").open() as f:
+        logged = [float(row["val/acc1"]) for row in csv.DictReader(f) if row.get("val/acc1")]
+    assert len(logged) == 4
+    assert max(logged) > logged[-1], "the case this test is for: pick another optimizer.lr if the last epoch is best"
+    assert results["val/acc1_best"] == pytest.approx(max(logged)) and results["val/acc1"] == pytest.approx(logged[-1])
+    assert read_results(tmp_path)["val/acc1_best"] == results["val/acc1_best"]
