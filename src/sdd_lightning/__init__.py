@@ -1,3 +1,58 @@
-"""Scale Decoupled Distillation (Wei, Luo, Luo, CVPR 2024) for PyTorch Lightning."""
+"""Scale Decoupled Distillation (Wei, Luo, Luo, CVPR 2024) for PyTorch Lightning.
+
+The public API: import these names from ``sdd_lightning`` itself; the modules behind them may move, these names
+stay. They are loaded on first use, so ``import sdd_lightning`` stays cheap (no torch until a name is used).
+
+- the method: ``ScaleDecoupledHead``, ``ScaleDecoupledLoss``, ``sdd_loss``, the base losses ``KDLoss``,
+  ``DKDLoss``, ``NKDLoss`` and ``standardize_logits`` (logit standardization);
+- training: ``DistillationModule``, ``ClassificationModule``;
+- networks: ``build_model``, ``load_weights``;
+- data: ``Cifar100DataModule``, ``ImageNetDataModule``, ``Cub200DataModule``, ``SyntheticDataModule``;
+- settings and configs: ``compose_setting``, ``published``, ``build_module``, ``build_datamodule``;
+- exported students: ``read_model_card``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
+
+_PUBLIC = {
+    "ScaleDecoupledHead": "sdd_lightning.heads",
+    "ScaleDecoupledLoss": "sdd_lightning.losses",
+    "sdd_loss": "sdd_lightning.losses",
+    "KDLoss": "sdd_lightning.losses",
+    "DKDLoss": "sdd_lightning.losses",
+    "NKDLoss": "sdd_lightning.losses",
+    "standardize_logits": "sdd_lightning.losses",
+    "DistillationModule": "sdd_lightning.module",
+    "ClassificationModule": "sdd_lightning.module",
+    "build_model": "sdd_lightning.models",
+    "load_weights": "sdd_lightning.models",
+    "Cifar100DataModule": "sdd_lightning.data",
+    "ImageNetDataModule": "sdd_lightning.data",
+    "Cub200DataModule": "sdd_lightning.data",
+    "SyntheticDataModule": "sdd_lightning.data",
+    "compose_setting": "sdd_lightning.catalog",
+    "published": "sdd_lightning.catalog",
+    "build_module": "sdd_lightning.builders",
+    "build_datamodule": "sdd_lightning.builders",
+    "read_model_card": "sdd_lightning.model_card",
+}
+
+__all__ = ["__version__", *sorted(_PUBLIC)]
+
+
+def __getattr__(name: str) -> Any:
+    module = _PUBLIC.get(name)
+    if module is None:
+        raise AttributeError(f"module 'sdd_lightning' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_PUBLIC})
