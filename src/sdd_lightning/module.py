@@ -462,7 +462,7 @@ class DistillationModule(ClassificationModule):
                 self.teacher_cache_dir,
                 key,
                 entries=self._view_set.num_images * self._view_set.views_per_image,
-                regions=sum(s * s for s in self.head.scales),
+                regions=self.head.num_regions,
                 num_classes=self.num_classes,
                 dtype=self.teacher_cache_dtype,
             )

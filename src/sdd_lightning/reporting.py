@@ -234,13 +234,14 @@ def describe_error(error: BaseException) -> tuple[str, int] | None:
     return None
 
 
-def short_error(error: BaseException) -> tuple[str, int]:
-    """``describe_error``'s message and exit code, or for any other error its type and first line (exit 1)."""
-    report = describe_error(error)
-    if report is not None:
-        return report
+def _unknown_error(error: BaseException) -> tuple[str, int]:
     first = str(error).strip().splitlines()[0] if str(error).strip() else ""
     return f"sdd-train: the run failed: {type(error).__name__}{': ' if first else ''}{first}", 1
+
+
+def short_error(error: BaseException) -> tuple[str, int]:
+    """``describe_error``'s message and exit code, or for any other error its type and first line (exit 1)."""
+    return describe_error(error) or _unknown_error(error)
 
 
 def report_error(error: BaseException) -> tuple[str, int]:
@@ -248,12 +249,12 @@ def report_error(error: BaseException) -> tuple[str, int]:
 
     Call it while handling ``error``. Returns ``short_error(error)``.
     """
-    message, code = short_error(error)
-    if describe_error(error) is None or debug_requested():
+    known = describe_error(error)
+    if known is None or debug_requested():
         log.error("sdd-train: the run failed", exc_info=error)
     else:
-        log.error(f"{message}\n{_DEBUG_HINT}")
-    return message, code
+        log.error(f"{known[0]}\n{_DEBUG_HINT}")
+    return known or _unknown_error(error)
 
 
 @contextlib.contextmanager

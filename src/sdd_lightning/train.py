@@ -60,6 +60,7 @@ from sdd_lightning.checkpointing import (
     graceful_interrupts,
     resume_callbacks,
 )
+from sdd_lightning.model_card import write_atomically
 from sdd_lightning.provenance import device_name, git_commit, versions
 from sdd_lightning.reporting import (
     EvalModeCheck,
@@ -286,9 +287,7 @@ def _write_failure(cfg: DictConfig, run_dir: Path, record: RunRecord, error: Bas
 
 
 def _atomic_write(path: Path, results: dict[str, Any]) -> None:
-    tmp = path.parent / f".{path.name}.tmp"
-    tmp.write_text(json.dumps(results, indent=2))
-    tmp.replace(path)
+    write_atomically(path, json.dumps(results, indent=2).encode())
 
 
 def _write_results(results: dict[str, Any], run_dir: Path, trainer: L.Trainer) -> None:
