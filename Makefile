@@ -34,14 +34,14 @@ format: install
 	$(BIN)/ruff check --fix .
 
 train: install
-	$(BIN)/python -m sdd_lightning.quickstart
+	$(BIN)/python -m sdd_lightning.cli.quickstart
 
 bench: install
 	$(BIN)/python benchmarks/bench_loss.py
 
 # Mutation testing (mutmut) of the losses, the head, the modules, the transforms, the device loader and its batched
 # augmentation, and the config code; not part of `make test` or CI (time and scores: docs/testing.md). A fresh run
-# each time (mutants/ is its work folder); MUTANTS='sdd_lightning.heads.*' runs one file's mutants.
+# each time (mutants/ is its work folder); MUTANTS='sdd_lightning.method.heads.*' runs one file's mutants.
 # `make mutation-again` reruns only the mutants that still count against the score, with the tests as they are now.
 # One thread per test process: MUTATION_JOBS processes share the cores without oversubscribing them.
 MUTATION_JOBS ?= 2
@@ -49,12 +49,12 @@ MUTMUT := PYTHONPATH=$(CURDIR)/tests OMP_NUM_THREADS=1 $(BIN)/mutmut
 mutation: install
 	rm -rf mutants
 	$(MUTMUT) run --max-children $(MUTATION_JOBS) $(MUTANTS)
-	$(BIN)/python scripts/mutation_score.py
+	$(BIN)/python tools/mutation_score.py
 
 mutation-again: install
 	$(MUTMUT) run --max-children $(MUTATION_JOBS) \
-		$$($(BIN)/python scripts/mutation_score.py --names)
-	$(BIN)/python scripts/mutation_score.py
+		$$($(BIN)/python tools/mutation_score.py --names)
+	$(BIN)/python tools/mutation_score.py
 
 clean-venv:
 	rm -rf $(VENV)

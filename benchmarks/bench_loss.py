@@ -41,7 +41,7 @@ from _common import (
     write_report,
 )
 
-from sdd_lightning.losses import KDLoss, ScaleDecoupledLoss, sdd_loss
+from sdd_lightning.method.losses import KDLoss, ScaleDecoupledLoss, sdd_loss
 
 SHAPES = ((64, 21, 100), (256, 21, 1000))
 TEMPERATURE = 4.0

@@ -50,7 +50,7 @@ def _worker(args: argparse.Namespace) -> dict:
     from _common import HostReadCounter
 
     from sdd_lightning.models import build_model
-    from sdd_lightning.module import DistillationModule
+    from sdd_lightning.training.module import DistillationModule
 
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore")
@@ -61,7 +61,7 @@ def _worker(args: argparse.Namespace) -> dict:
         torch.manual_seed(0)
         teacher, student = build_model("small_cnn", 16), build_model("tiny_cnn", 16)
         try:  # this version takes the base loss as an object
-            from sdd_lightning.losses import KDLoss
+            from sdd_lightning.method.losses import KDLoss
 
             loss = {"loss": KDLoss(temperature=4.0)}
         except ImportError:  # an older version takes its settings

@@ -40,7 +40,7 @@ from _common import (
     write_report,
 )
 
-from sdd_lightning.heads import ScaleDecoupledHead
+from sdd_lightning.method.heads import ScaleDecoupledHead
 from sdd_lightning.models import build_model
 from sdd_lightning.models.fold_bn import fold_batchnorm
 

@@ -53,11 +53,11 @@ from _common import (
     write_report,
 )
 
-from sdd_lightning.heads import ScaleDecoupledHead
-from sdd_lightning.losses import KDLoss, ScaleDecoupledLoss
+from sdd_lightning.method.heads import ScaleDecoupledHead
+from sdd_lightning.method.losses import KDLoss, ScaleDecoupledLoss
 from sdd_lightning.models import build_model
 from sdd_lightning.models.fold_bn import fold_batchnorm
-from sdd_lightning.module import DistillationModule
+from sdd_lightning.training.module import DistillationModule
 
 CLASSES = 100
 PAIRS = {

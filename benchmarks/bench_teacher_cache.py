@@ -44,8 +44,8 @@ from sdd_lightning.data.resumable import EpochSampler
 from sdd_lightning.data.seeding import derive_seed
 from sdd_lightning.data.views import ViewSet
 from sdd_lightning.models import build_model
-from sdd_lightning.module import DistillationModule
-from sdd_lightning.teacher_cache import TeacherViewCache, cache_bytes
+from sdd_lightning.training.module import DistillationModule
+from sdd_lightning.training.teacher_cache import TeacherViewCache, cache_bytes
 
 BATCH, CLASSES, IMAGES, VIEWS = 64, 100, 50_000, 162
 _AUGMENT_STREAM = 1  # as in sdd_lightning.data.device_loader

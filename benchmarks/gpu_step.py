@@ -40,9 +40,9 @@ from _common import machine_description, markdown_table, write_report
 
 from sdd_lightning.data.transforms import CIFAR100_MEAN as CIFAR_MEAN
 from sdd_lightning.data.transforms import CIFAR100_STD as CIFAR_STD
-from sdd_lightning.losses import KDLoss
+from sdd_lightning.method.losses import KDLoss
 from sdd_lightning.models import build_model
-from sdd_lightning.module import DistillationModule
+from sdd_lightning.training.module import DistillationModule
 
 CLASSES = 100
 PAIRS = {

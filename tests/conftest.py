@@ -1,38 +1,14 @@
-"""Shared test helpers: small networks that follow the features/classifier interface."""
+"""The suite's fixtures; the helpers they use live in ``helpers/``."""
 
 from __future__ import annotations
 
 import os
 
-import lightning as L
 import pytest
 import torch
-from torch import nn
+from helpers.training import SmallNet
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
-
-
-class SmallNet(nn.Module):
-    """A two-conv network with BatchNorm: ``forward_features`` -> map, ``classifier`` -> logits."""
-
-    def __init__(self, num_classes: int = 10, width: int = 8, map_size: int = 4) -> None:
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(3, width, 3, padding=1, bias=False),
-            nn.BatchNorm2d(width),
-            nn.ReLU(),
-            nn.Conv2d(width, 2 * width, 3, padding=1, bias=False),
-            nn.BatchNorm2d(2 * width),
-            nn.ReLU(),
-            nn.AdaptiveAvgPool2d(map_size),
-        )
-        self.classifier = nn.Linear(2 * width, num_classes)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.forward_features(x).mean((2, 3)))
 
 
 @pytest.fixture(scope="module")
@@ -52,17 +28,3 @@ def one_thread():
 def small_net():
     """Factory for ``SmallNet`` instances."""
     return SmallNet
-
-
-def quiet_trainer(tmp_path, **kwargs) -> L.Trainer:
-    """A one-epoch CPU ``Trainer`` that writes no logs, checkpoints, progress bar or summary; ``kwargs`` override."""
-    defaults = dict(
-        default_root_dir=tmp_path,
-        max_epochs=1,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    return L.Trainer(**(defaults | kwargs))

@@ -12,7 +12,6 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from sdd_lightning.builders import (
-    ConfigError,
     _call,
     _factory,
     _wandb_offline_unless_logged_in,
@@ -25,8 +24,9 @@ from sdd_lightning.builders import (
     instantiate_node,
     suggest,
 )
-from sdd_lightning.model_card import CARD_FORMAT
+from sdd_lightning.errors import ConfigError
 from sdd_lightning.models import available_models, build_model
+from sdd_lightning.reporting.model_card import CARD_FORMAT
 
 CFG = OmegaConf.create(
     {
@@ -274,7 +274,7 @@ def _run_config(**overrides):
     cfg = {
         "epochs": 2,
         "method": "sd_kd",
-        "distill": {"_target_": "sdd_lightning.module.DistillationModule"},
+        "distill": {"_target_": "sdd_lightning.training.module.DistillationModule"},
         "student": {"arch": "resnet8x4"},
         "teacher": {"arch": "resnet32x4", "checkpoint": None, "allow_random": False, "kwargs": None},
     }
@@ -432,7 +432,7 @@ def test_an_optimizer_or_scheduler_node_without_a_target_means_none():
     optimizer = factory([nn.Parameter(torch.zeros(1))])
     assert type(optimizer) is torch.optim.SGD and optimizer.defaults["lr"] == 0.1
     with pytest.raises(ConfigError) as error:
-        _factory("scheduler", OmegaConf.create({"_target_": "sdd_lightning.losses.KDLoss", "temperature": -1}))
+        _factory("scheduler", OmegaConf.create({"_target_": "sdd_lightning.method.losses.KDLoss", "temperature": -1}))
     assert str(error.value) == (
         "scheduler.temperature=-1: KDLoss: temperature must be > 0, got -1 (fix: scheduler.temperature=<a valid value>)"
     )
@@ -452,6 +452,7 @@ def test_a_distill_target_that_cannot_be_imported_is_named():
     message = str(error.value)
     assert message.startswith("distill._target_=no_such_package.Module cannot be imported (")
     assert message.endswith(
-        "); give a LightningModule class, e.g. distill._target_=sdd_lightning.module.DistillationModule or your own "
+        "); give a LightningModule class, e.g. distill._target_=sdd_lightning.training.module.DistillationModule "
+        "or your own "
         "subclass (my_package.MyModule)"
     )

@@ -7,12 +7,12 @@ import importlib.util
 import lightning as L
 import pytest
 import torch
-from app_helpers import CONF_DIR, TINY, compose_config
+from helpers.app import CONF_DIR, TINY, compose_config
 from omegaconf import OmegaConf
 
-from sdd_lightning import recipes
 from sdd_lightning.builders import build_datamodule, build_module, check_config, is_distillation
 from sdd_lightning.catalog import published, published_numbers, setting_names, setting_overrides
+from sdd_lightning.reporting import recipes
 
 EXPERIMENTS = sorted(
     str(p.relative_to(CONF_DIR / "experiment").with_suffix("")) for p in (CONF_DIR / "experiment").rglob("*.yaml")

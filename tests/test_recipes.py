@@ -9,16 +9,16 @@ import pytest
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from sdd_lightning import recipes
 from sdd_lightning.catalog import compose_setting
 from sdd_lightning.data import Cifar100DataModule
 from sdd_lightning.data.transforms import CIFAR100_MEAN, CIFAR100_STD
+from sdd_lightning.reporting import recipes
 
 
 def test_docs_recipes_md_is_generated_from_the_current_configs():
     committed = recipes.TABLE_PATH.read_text()
     generated = recipes.render(*recipes.recipe_rows())
-    assert committed == generated, "docs/recipes.md is out of date: run `python -m sdd_lightning.recipes`"
+    assert committed == generated, "docs/recipes.md is out of date: run `python -m sdd_lightning.reporting.recipes`"
 
 
 def _distill(setting: str):

@@ -1,4 +1,4 @@
-"""Records the official SDD training step, for the oracle test of this project's step (tests/test_oracle.py).
+"""Records the official SDD training step, for the oracle test of this project's step (tests/training/test_oracle.py).
 
 Run by hand, against the official repository checked out in a scratch folder outside this project (it is never
 vendored or committed; only the figures are)::
@@ -7,9 +7,9 @@ vendored or committed; only the figures are)::
     OMP_NUM_THREADS=1 .venv/bin/python tools/record_official_step.py /tmp/official-sdd
 
 A checkout that is not a git work tree (e.g. an unpacked archive) needs ``--commit <its 40-hex commit>``. It takes
-about a minute on one CPU core and writes ``tests/data/official_step.json`` (``--out`` to write elsewhere) with:
+about a minute on one CPU core and writes ``tests/assets/official_step.json`` (``--out`` to write elsewhere) with:
 
-- the official repository's commit and the shared rules' version (``tests/oracle_rules.py``);
+- the official repository's commit and the shared rules' version (``tests/helpers/oracle_rules.py``);
 - for each method (KD, SD-KD, DKD, SD-DKD, NKD, SD-NKD) on ResNet32x4 -> ResNet8x4 and WRN-40-2 -> VGG8: the
   official distiller and networks it ran, the recipe values the official code used (read off the built
   distiller, the official ``mdistiller/engine/cfg.py`` defaults, the pair's YAML file and the ``--M`` of the
@@ -311,7 +311,7 @@ def checkout_commit(repo: Path) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("official", type=Path, help="the official SDD-CVPR2024 repository, checked out")
-    parser.add_argument("--out", type=Path, default=ROOT / "tests" / "data" / "official_step.json")
+    parser.add_argument("--out", type=Path, default=ROOT / "tests" / "assets" / "official_step.json")
     parser.add_argument("--commit", help="the checkout's commit, when it is not a git work tree (e.g. an archive)")
     args = parser.parse_args(argv)
     repo = args.official.resolve()
@@ -331,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
         "official": {"repository": "github.com/shicaiwei123/SDD-CVPR2024", "commit": commit},
         "made_by": "tools/record_official_step.py",
         "rules": {
-            "module": "tests/oracle_rules.py",
+            "module": "tests/helpers/oracle_rules.py",
             "version": rules.RULE_VERSION,
             "dtype": str(rules.DTYPE).removeprefix("torch."),
             "batch_size": rules.BATCH_SIZE,

@@ -20,15 +20,15 @@ from typing import Any
 __version__ = "0.1.0"
 
 _PUBLIC = {
-    "ScaleDecoupledHead": "sdd_lightning.heads",
-    "ScaleDecoupledLoss": "sdd_lightning.losses",
-    "sdd_loss": "sdd_lightning.losses",
-    "KDLoss": "sdd_lightning.losses",
-    "DKDLoss": "sdd_lightning.losses",
-    "NKDLoss": "sdd_lightning.losses",
-    "standardize_logits": "sdd_lightning.losses",
-    "DistillationModule": "sdd_lightning.module",
-    "ClassificationModule": "sdd_lightning.module",
+    "ScaleDecoupledHead": "sdd_lightning.method.heads",
+    "ScaleDecoupledLoss": "sdd_lightning.method.losses",
+    "sdd_loss": "sdd_lightning.method.losses",
+    "KDLoss": "sdd_lightning.method.losses",
+    "DKDLoss": "sdd_lightning.method.losses",
+    "NKDLoss": "sdd_lightning.method.losses",
+    "standardize_logits": "sdd_lightning.method.losses",
+    "DistillationModule": "sdd_lightning.training.module",
+    "ClassificationModule": "sdd_lightning.training.module",
     "build_model": "sdd_lightning.models",
     "load_weights": "sdd_lightning.models",
     "Cifar100DataModule": "sdd_lightning.data",
@@ -39,7 +39,7 @@ _PUBLIC = {
     "published": "sdd_lightning.catalog",
     "build_module": "sdd_lightning.builders",
     "build_datamodule": "sdd_lightning.builders",
-    "read_model_card": "sdd_lightning.model_card",
+    "read_model_card": "sdd_lightning.reporting.model_card",
 }
 
 __all__ = ["__version__", *sorted(_PUBLIC)]

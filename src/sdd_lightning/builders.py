@@ -27,18 +27,11 @@ from torch import nn
 
 from sdd_lightning.catalog import published_top1
 from sdd_lightning.data.in_memory import InMemoryImageDataModule
-from sdd_lightning.model_card import find_model_card
-from sdd_lightning.models import (
-    ClassCountMismatchError,
-    UnreadableCheckpointError,
-    UnsafeCheckpointError,
-    available_models,
-    build_model,
-    get_classifier,
-    load_weights,
-)
+from sdd_lightning.errors import ClassCountMismatchError, ConfigError, UnreadableCheckpointError, UnsafeCheckpointError
+from sdd_lightning.models import available_models, build_model, get_classifier, load_weights
 from sdd_lightning.models.registry import ADAPTER_PREFIXES
-from sdd_lightning.module import ClassificationModule, DistillationModule
+from sdd_lightning.reporting.model_card import find_model_card
+from sdd_lightning.training.module import ClassificationModule, DistillationModule
 
 __all__ = [
     "ConfigError",
@@ -55,10 +48,6 @@ __all__ = [
 ]
 
 
-class ConfigError(ValueError):
-    """A configuration value that cannot work; the message names the override that fixes it."""
-
-
 def is_distillation(cfg: DictConfig) -> bool:
     """Whether the run's module distils from a teacher (its ``distill._target_`` is a ``DistillationModule``)."""
     target = cfg.distill.get("_target_")
@@ -67,7 +56,8 @@ def is_distillation(cfg: DictConfig) -> bool:
     except Exception as error:  # Hydra raises ImportError or its own errors for a bad path
         raise ConfigError(
             f"distill._target_={target} cannot be imported ({error}); give a LightningModule class, e.g. "
-            "distill._target_=sdd_lightning.module.DistillationModule or your own subclass (my_package.MyModule)"
+            "distill._target_=sdd_lightning.training.module.DistillationModule or your own subclass "
+            "(my_package.MyModule)"
         ) from None
     return issubclass(module_class, DistillationModule)
 

@@ -11,13 +11,13 @@ from sdd_lightning.data.base import ClassificationDataModule
 from sdd_lightning.data.cifar import Cifar100DataModule
 from sdd_lightning.data.cub import Cub200DataModule
 from sdd_lightning.data.device_loader import DeviceResidentLoader
-from sdd_lightning.data.errors import DatasetError
 from sdd_lightning.data.gpu_augment import normalize_batch, random_crop_flip
 from sdd_lightning.data.imagenet import ImageNetDataModule
 from sdd_lightning.data.in_memory import InMemoryImageDataModule, TensorImageDataset
 from sdd_lightning.data.resumable import EpochSampler, ResumableDataLoader, SeededSamples
 from sdd_lightning.data.splits import stratified_holdout
 from sdd_lightning.data.synthetic import SyntheticDataModule, generate_shapes
+from sdd_lightning.errors import DatasetError
 
 __all__ = [
     "Cifar100DataModule",

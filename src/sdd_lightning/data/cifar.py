@@ -9,10 +9,10 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from sdd_lightning.data.errors import DatasetError
 from sdd_lightning.data.in_memory import InMemoryImageDataModule
 from sdd_lightning.data.layout import DatasetLocation
 from sdd_lightning.data.transforms import CIFAR100_MEAN, CIFAR100_STD
+from sdd_lightning.errors import DatasetError
 
 __all__ = ["CIFAR100_MD5", "CIFAR100_URL", "Cifar100DataModule", "read_cifar100_meta", "read_cifar100_split"]
 

@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Any
 
 from sdd_lightning.data.base import ImageFileDataModule
-from sdd_lightning.data.errors import DatasetError
 from sdd_lightning.data.image_files import ImageListDataset
 from sdd_lightning.data.layout import DatasetLocation
 from sdd_lightning.data.transforms import cub_eval_transform, cub_train_transform
+from sdd_lightning.errors import DatasetError
 
 __all__ = ["CUB200_MD5", "CUB200_URL", "Cub200DataModule", "CubIndex", "read_cub200_index"]
 

@@ -9,7 +9,7 @@ from typing import Any
 from PIL import Image
 from torch.utils.data import Dataset
 
-from sdd_lightning.data.errors import DatasetError
+from sdd_lightning.errors import DatasetError
 
 __all__ = ["ImageListDataset", "load_rgb_image"]
 

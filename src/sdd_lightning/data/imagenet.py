@@ -8,9 +8,9 @@ from typing import Any
 from torchvision.datasets import ImageFolder
 
 from sdd_lightning.data.base import ImageFileDataModule
-from sdd_lightning.data.errors import DatasetError
 from sdd_lightning.data.image_files import load_rgb_image
 from sdd_lightning.data.transforms import imagenet_eval_transform, imagenet_train_transform
+from sdd_lightning.errors import DatasetError
 
 __all__ = ["ImageNetDataModule"]
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from torchvision.datasets import utils as tv_utils
 
-from sdd_lightning.data.errors import DatasetError
+from sdd_lightning.errors import DatasetError
 
 __all__ = ["DatasetLocation", "download_archive", "locate_dataset_dir"]
 

@@ -3,7 +3,7 @@
 ``RandomCrop(H, padding=p)`` + ``RandomHorizontalFlip`` can only produce ``(2p + 1)^2 * 2`` views of an image
 (162 for CIFAR's ``p = 4``): a row offset and a column offset in ``[0, 2p]`` of the zero-padded image, and a
 flip. A training batch that carries, for every image, its index in the training split and that view is what
-a cache of the teacher's outputs needs to be exact (:mod:`sdd_lightning.teacher_cache`).
+a cache of the teacher's outputs needs to be exact (:mod:`sdd_lightning.training.teacher_cache`).
 
 Both pipelines expose the views they drew without drawing anything else: the device-resident loader returns
 the offsets it drew (:func:`~sdd_lightning.data.gpu_augment.random_crop_flip`), and the standard pipeline

@@ -37,6 +37,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from sdd_lightning.errors import (
+    CheckpointMismatchError,
+    ClassCountMismatchError,
+    UnreadableCheckpointError,
+    UnsafeCheckpointError,
+)
+
 from .interface import get_classifier
 
 __all__ = [
@@ -55,32 +62,6 @@ _LIST_LIMIT = 12
 _ZIP_MAGIC = b"PK\x03\x04"  # torch.save's default format is a zip archive
 _LEGACY_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"  # the pre-1.6 format: a pickled magic number
 SAFETENSORS_SUFFIX = ".safetensors"
-
-
-class UnsafeCheckpointError(pickle.UnpicklingError):
-    """A checkpoint file needs a global outside the allow-list; it was not unpickled."""
-
-
-class UnreadableCheckpointError(ValueError):
-    """A checkpoint file cannot be read at all: empty, truncated, corrupt, or not a checkpoint file."""
-
-
-class CheckpointMismatchError(RuntimeError):
-    """A checkpoint's tensors do not fit the network they were loaded into."""
-
-
-class ClassCountMismatchError(CheckpointMismatchError):
-    """A checkpoint fits the network's architecture, but its classifier has another number of classes.
-
-    Attributes:
-        file_classes: the class count of the file's classifier.
-        model_classes: the class count the network was built with.
-    """
-
-    def __init__(self, message: str, file_classes: int, model_classes: int) -> None:
-        super().__init__(message)
-        self.file_classes = file_classes
-        self.model_classes = model_classes
 
 
 # ------------------------------------------------------------------------------------------------- reading
