@@ -384,10 +384,11 @@ def _candidates(hint: str) -> list[tuple[str, str | None]]:
     """
     from .registry import available_models
 
+    cifar = available_models("cifar")
     candidates: list[tuple[str, str | None]] = []
-    for name in available_models("cifar"):
+    for name in cifar:
         candidates += [(name, "cifar"), (name, "imagenet")]
-    candidates += [(name, None) for name in available_models("imagenet") + available_models("tiny")]
+    candidates += [(name, None) for name in available_models() if name not in cifar]
     hint = hint.lower()
     return sorted(candidates, key=lambda candidate: candidate[0].lower() not in hint)
 

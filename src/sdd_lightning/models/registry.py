@@ -19,6 +19,17 @@ Registered names (``available_models()`` lists them):
 - Any torchvision or timm classification model through :class:`FeatureClassifierAdapter`:
   ``torchvision:<name>`` (e.g. ``torchvision:resnet18``) and ``timm:<name>`` (e.g. ``timm:mobilenetv2_100``;
   needs the optional package timm). Keyword arguments go to torchvision / timm, plus ``head_norm``.
+
+How a network gets here: its constructor (a function or class taking ``num_classes``) is decorated where it
+is defined, ``@register_model(family="cifar")`` (registered under its own ``__name__``) or
+``@register_model("MobileNetV2", family="cifar")`` (under another name); a second constructor under a
+taken name is refused with a ``ValueError``. The registry itself holds no table of names. It imports the
+zoo modules listed in :data:`ZOO_MODULES` before each look-up, so their decorators have run whichever module the
+caller imported first, and lists names in that order of modules, then in the order of definition. A new
+architecture is one file under ``models/`` that decorates its constructors, its module's name added to
+``ZOO_MODULES`` (``tests/models/test_registration.py`` fails, naming the module, when it is missing), and
+the configs that use it (``student.arch`` / ``teacher.arch`` in a ``conf/pair/`` file). A network registered
+from another package is buildable by name once its module has been imported, and is listed after the zoo.
 """
 
 from __future__ import annotations
@@ -27,16 +38,30 @@ import difflib
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from torch import nn
 
-from . import cifar, imagenet, tiny
 from .adapter import FeatureClassifierAdapter
 
-__all__ = ["ModelSpec", "available_models", "build_model", "model_spec"]
+__all__ = ["ZOO_MODULES", "ModelSpec", "available_models", "build_model", "model_spec", "register_model"]
 
 ADAPTER_PREFIXES = ("torchvision:", "timm:")
+
+ZOO_MODULES = (
+    "cifar.resnet",
+    "cifar.resnetv2",
+    "cifar.wrn",
+    "cifar.vgg",
+    "cifar.mobilenetv2",
+    "cifar.shufflenetv1",
+    "cifar.shufflenetv2",
+    "imagenet.resnet",
+    "imagenet.mobilenetv1",
+    "tiny",
+)
+"""The modules (relative to ``sdd_lightning.models``) whose decorated constructors make up the zoo, in the
+order :func:`available_models` lists their names."""
 
 
 @dataclass(frozen=True)
@@ -46,50 +71,67 @@ class ModelSpec:
     name: str
     builder: Callable[..., nn.Module]
     family: str
-    """``"cifar"`` (takes ``stem``), ``"imagenet"`` or ``"tiny"``."""
+    """``"cifar"`` (takes ``stem``), ``"imagenet"`` or ``"tiny"``; a new architecture may name its own."""
+    options: str | None = None
+    """What the constructor accepts besides ``num_classes``, for the message about a wrong keyword."""
 
 
-def _specs() -> dict[str, ModelSpec]:
-    cifar_models = {
-        "resnet8": cifar.resnet8,
-        "resnet14": cifar.resnet14,
-        "resnet20": cifar.resnet20,
-        "resnet32": cifar.resnet32,
-        "resnet44": cifar.resnet44,
-        "resnet56": cifar.resnet56,
-        "resnet110": cifar.resnet110,
-        "resnet8x4": cifar.resnet8x4,
-        "resnet32x4": cifar.resnet32x4,
-        "ResNet18": cifar.ResNet18,
-        "ResNet50": cifar.ResNet50,
-        "wrn_16_1": cifar.wrn_16_1,
-        "wrn_16_2": cifar.wrn_16_2,
-        "wrn_40_1": cifar.wrn_40_1,
-        "wrn_40_2": cifar.wrn_40_2,
-        "vgg8": cifar.vgg8,
-        "vgg11": cifar.vgg11,
-        "vgg13": cifar.vgg13,
-        "vgg16": cifar.vgg16,
-        "vgg19": cifar.vgg19,
-        "MobileNetV2": cifar.mobile_half,
-        "ShuffleV1": cifar.ShuffleV1,
-        "ShuffleV2": cifar.ShuffleV2,
-    }
-    imagenet_models = {
-        "imagenet_resnet18": imagenet.imagenet_resnet18,
-        "imagenet_resnet34": imagenet.imagenet_resnet34,
-        "imagenet_resnet50": imagenet.imagenet_resnet50,
-        "MobileNetV1": imagenet.MobileNetV1,
-    }
-    specs = {name: ModelSpec(name, fn, "cifar") for name, fn in cifar_models.items()}
-    specs |= {name: ModelSpec(name, fn, "imagenet") for name, fn in imagenet_models.items()}
-    specs |= {
-        name: ModelSpec(name, fn, "tiny") for name, fn in (("tiny_cnn", tiny.tiny_cnn), ("small_cnn", tiny.small_cnn))
-    }
-    return specs
+_REGISTRY: dict[str, ModelSpec] = {}
+_Constructor = TypeVar("_Constructor", bound=Callable[..., nn.Module])
 
 
-_REGISTRY: dict[str, ModelSpec] = _specs()
+def register_model(
+    name: str | None = None, *, family: str, options: str | None = None
+) -> Callable[[_Constructor], _Constructor]:
+    """Registers the decorated network constructor (function or class) under ``name``, else its ``__name__``.
+
+    Args:
+        name: the name :func:`build_model` takes; defaults to the constructor's own name.
+        family: groups names for :func:`available_models` (``"cifar"`` networks also take ``stem``).
+        options: what the constructor accepts besides ``num_classes``, said when it gets an unknown keyword.
+
+    Returns:
+        A decorator that returns the constructor unchanged.
+
+    Raises:
+        ValueError: the name is taken by another constructor, is empty, or starts with ``torchvision:`` /
+            ``timm:``.
+    """
+    if not isinstance(family, str) or not family:
+        raise ValueError(f"register_model: family must be a non-empty string, got {family!r}")
+
+    def decorate(builder: _Constructor) -> _Constructor:
+        registered = builder.__name__ if name is None else name
+        if not isinstance(registered, str) or not registered:
+            raise ValueError(f"register_model: the name must be a non-empty string, got {registered!r}")
+        if registered.startswith(ADAPTER_PREFIXES):
+            raise ValueError(
+                f"register_model: {registered!r} starts with {registered.split(':')[0]!r}:, which build_model "
+                "reserves for the torchvision / timm adapter; choose another name"
+            )
+        known = _REGISTRY.get(registered)
+        if known is not None and _qualified(known.builder) != _qualified(builder):
+            raise ValueError(
+                f"model name {registered!r} is already registered by {_qualified(known.builder)}; "
+                f"{_qualified(builder)} needs another name: @register_model('<new name>', family={family!r})"
+            )
+        _REGISTRY[registered] = ModelSpec(registered, builder, family, options)
+        return builder
+
+    return decorate
+
+
+def _qualified(builder: Callable[..., Any]) -> str:
+    return f"{builder.__module__}.{builder.__qualname__}"
+
+
+def _registered() -> dict[str, ModelSpec]:
+    """The registry in listing order (:data:`ZOO_MODULES`, then definition), the zoo imported first."""
+    for module in ZOO_MODULES:
+        importlib.import_module(f"{__package__}.{module}")
+    rank = {f"{__package__}.{module}": index for index, module in enumerate(ZOO_MODULES)}
+    ordered = sorted(_REGISTRY.values(), key=lambda spec: rank.get(spec.builder.__module__, len(rank)))
+    return {spec.name: spec for spec in ordered}
 
 
 def available_models(family: str | None = None) -> list[str]:
@@ -97,22 +139,24 @@ def available_models(family: str | None = None) -> list[str]:
 
     ``torchvision:<name>`` and ``timm:<name>`` are accepted by :func:`build_model` too but not listed.
     """
-    families = {spec.family for spec in _REGISTRY.values()}
+    registered = _registered()
+    families = {spec.family for spec in registered.values()}
     if family is not None and family not in families:
         raise ValueError(f"unknown family {family!r}; choose from {', '.join(sorted(families))}")
-    return [name for name, spec in _REGISTRY.items() if family is None or spec.family == family]
+    return [name for name, spec in registered.items() if family is None or spec.family == family]
 
 
 def model_spec(name: str) -> ModelSpec:
     """The registration of ``name``; an unknown name fails with the list of known names."""
+    registered = _registered()
     try:
-        return _REGISTRY[name]
+        return registered[name]
     except KeyError:
-        close = difflib.get_close_matches(name, _REGISTRY, n=3, cutoff=0.6)
-        close = close or [known for known in _REGISTRY if known.lower() == name.lower()]
+        close = difflib.get_close_matches(name, registered, n=3, cutoff=0.6)
+        close = close or [known for known in registered if known.lower() == name.lower()]
         hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
         raise ValueError(
-            f"unknown model {name!r}.{hint} Known models: {', '.join(_REGISTRY)}; or 'torchvision:<name>' / "
+            f"unknown model {name!r}.{hint} Known models: {', '.join(registered)}; or 'torchvision:<name>' / "
             "'timm:<name>' for any torchvision or timm classification model."
         ) from None
 
@@ -136,7 +180,7 @@ def build_model(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
         return FeatureClassifierAdapter.from_torchvision(name.removeprefix("torchvision:"), num_classes, **kwargs)
     if name.startswith("timm:"):
         return FeatureClassifierAdapter.from_timm(name.removeprefix("timm:"), num_classes, **kwargs)
-    if name not in _REGISTRY and "." in name:
+    if "." in name and name not in _registered():
         return _import_constructor(name)(num_classes=num_classes, **kwargs)
     spec = model_spec(name)
     try:
@@ -148,10 +192,10 @@ def build_model(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
 
 
 def _options_hint(spec: ModelSpec) -> str:
+    if spec.options is not None:
+        return spec.options
     if spec.family == "cifar":
         return "CIFAR networks take num_classes and stem ('cifar' or 'imagenet')."
-    if spec.name.startswith("imagenet_resnet"):
-        return "torchvision ResNets take num_classes, weights, progress and torchvision.models.ResNet's arguments."
     return f"{spec.name} takes num_classes only."
 
 

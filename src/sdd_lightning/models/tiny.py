@@ -13,6 +13,7 @@ from torch import nn
 
 from .base import FeatureClassifierNet
 from .layers import conv_bn, init_weights
+from .registry import register_model
 
 __all__ = ["PlainCNN", "small_cnn", "tiny_cnn"]
 
@@ -46,11 +47,13 @@ class PlainCNN(FeatureClassifierNet):
         return self.fc
 
 
+@register_model(family="tiny")
 def tiny_cnn(num_classes: int = 10) -> PlainCNN:
     """3 layers (16-32-64 channels; strides 1-2-2): 30,196 parameters at 100 classes, 8x8 map at 32x32."""
     return PlainCNN((16, 32, 64), (1, 2, 2), num_classes)
 
 
+@register_model(family="tiny")
 def small_cnn(num_classes: int = 10) -> PlainCNN:
     """5 layers (32-64-128-128-256 channels; strides 1-2-1-2-1): 562,308 parameters at 100 classes, 8x8 map at 32x32."""
     return PlainCNN((32, 64, 128, 128, 256), (1, 2, 1, 2, 1), num_classes)

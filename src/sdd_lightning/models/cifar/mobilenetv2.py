@@ -13,6 +13,7 @@ from torch import nn
 
 from ..base import FeatureClassifierNet
 from ..layers import conv_bn, init_weights, reset_to_default_init
+from ..registry import register_model
 from .blocks import Stem, parse_stem
 
 __all__ = ["InvertedResidual", "MobileNetV2", "mobile_half"]
@@ -97,6 +98,7 @@ class MobileNetV2(FeatureClassifierNet):
         return self.classifier[0]
 
 
+@register_model("MobileNetV2", family="cifar")
 def mobile_half(num_classes: int = 100, stem: Stem | str = Stem.CIFAR) -> MobileNetV2:
     """MobileNetV2 with ``T = 6`` and width 0.5 (mdistiller's ``MobileNetV2``): 812,836 parameters at 100 classes."""
     return MobileNetV2(6, 0.5, num_classes, stem)

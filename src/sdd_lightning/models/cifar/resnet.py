@@ -15,6 +15,7 @@ from torch import nn
 
 from ..base import FeatureClassifierNet
 from ..layers import init_weights, reset_to_default_init
+from ..registry import register_model
 from .blocks import BasicBlock, Stem, parse_stem, stem_conv
 
 __all__ = [
@@ -80,46 +81,55 @@ class CifarResNet(FeatureClassifierNet):
         return self.fc
 
 
+@register_model(family="cifar")
 def resnet8(num_classes: int = 100, stem: Stem | str = Stem.CIFAR) -> CifarResNet:
     """ResNet-8 (widths 16-16-32-64): 83,892 parameters at 100 classes."""
     return CifarResNet(8, _NARROW, num_classes, stem)
 
 
+@register_model(family="cifar")
 def resnet14(num_classes: int = 100, stem: Stem | str = Stem.CIFAR) -> CifarResNet:
     """ResNet-14 (widths 16-16-32-64)."""
     return CifarResNet(14, _NARROW, num_classes, stem)
 
 
+@register_model(family="cifar")
 def resnet20(num_classes: int = 100, stem: Stem | str = Stem.CIFAR) -> CifarResNet:
     """ResNet-20 (widths 16-16-32-64)."""
     return CifarResNet(20, _NARROW, num_classes, stem)
 
 
+@register_model(family="cifar")
 def resnet32(num_classes: int = 100, stem: Stem | str = Stem.CIFAR) -> CifarResNet:
     """ResNet-32 (widths 16-16-32-64)."""
     return CifarResNet(32, _NARROW, num_classes, stem)
 
 
+@register_model(family="cifar")
 def resnet44(num_classes: int = 100, stem: Stem | str = Stem.CIFAR) -> CifarResNet:
     """ResNet-44 (widths 16-16-32-64)."""
     return CifarResNet(44, _NARROW, num_classes, stem)
 
 
+@register_model(family="cifar")
 def resnet56(num_classes: int = 100, stem: Stem | str = Stem.CIFAR) -> CifarResNet:
     """ResNet-56 (widths 16-16-32-64), a CRD teacher."""
     return CifarResNet(56, _NARROW, num_classes, stem)
 
 
+@register_model(family="cifar")
 def resnet110(num_classes: int = 100, stem: Stem | str = Stem.CIFAR) -> CifarResNet:
     """ResNet-110 (widths 16-16-32-64), a CRD teacher."""
     return CifarResNet(110, _NARROW, num_classes, stem)
 
 
+@register_model(family="cifar")
 def resnet8x4(num_classes: int = 100, stem: Stem | str = Stem.CIFAR) -> CifarResNet:
     """ResNet-8x4 (widths 32-64-128-256), the usual student of ResNet-32x4."""
     return CifarResNet(8, _WIDE, num_classes, stem)
 
 
+@register_model(family="cifar")
 def resnet32x4(num_classes: int = 100, stem: Stem | str = Stem.CIFAR) -> CifarResNet:
     """ResNet-32x4 (widths 32-64-128-256), a CRD teacher."""
     return CifarResNet(32, _WIDE, num_classes, stem)

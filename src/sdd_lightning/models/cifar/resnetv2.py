@@ -15,6 +15,7 @@ from torch import nn
 
 from ..base import FeatureClassifierNet
 from ..layers import init_weights, reset_to_default_init
+from ..registry import register_model
 from .blocks import BasicBlock, Bottleneck, Stem, parse_stem, stem_conv
 
 __all__ = ["CifarResNetV2", "ResNet18", "ResNet50"]
@@ -74,11 +75,13 @@ class CifarResNetV2(FeatureClassifierNet):
         return self.linear
 
 
+@register_model(family="cifar")
 def ResNet18(num_classes: int = 100, stem: Stem | str = Stem.CIFAR) -> CifarResNetV2:
     """CIFAR ResNet-18 (basic blocks 2-2-2-2): 11,220,132 parameters at 100 classes."""
     return CifarResNetV2(BasicBlock, (2, 2, 2, 2), num_classes, stem)
 
 
+@register_model(family="cifar")
 def ResNet50(num_classes: int = 100, stem: Stem | str = Stem.CIFAR) -> CifarResNetV2:
     """CIFAR ResNet-50 (bottlenecks 3-4-6-3), a CRD teacher: 23,705,252 parameters at 100 classes."""
     return CifarResNetV2(Bottleneck, (3, 4, 6, 3), num_classes, stem)

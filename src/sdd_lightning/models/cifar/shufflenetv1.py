@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..base import FeatureClassifierNet
+from ..registry import register_model
 from .blocks import Stem, channel_shuffle, stem_conv
 
 __all__ = ["ShuffleNetV1", "ShuffleUnit", "ShuffleV1"]
@@ -99,6 +100,7 @@ class ShuffleNetV1(FeatureClassifierNet):
         return self.linear
 
 
+@register_model(family="cifar")
 def ShuffleV1(num_classes: int = 100, stem: Stem | str = Stem.CIFAR) -> ShuffleNetV1:
     """ShuffleNetV1 (groups 3; 240-480-960 channels; 4-8-4 units): 949,258 parameters at 100 classes."""
     return ShuffleNetV1(num_classes=num_classes, stem=stem)

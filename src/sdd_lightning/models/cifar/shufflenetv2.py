@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..base import FeatureClassifierNet
+from ..registry import register_model
 from .blocks import Stem, channel_shuffle, stem_conv
 
 __all__ = ["BasicUnit", "DownUnit", "ShuffleNetV2", "ShuffleV2"]
@@ -109,6 +110,7 @@ class ShuffleNetV2(FeatureClassifierNet):
         return self.linear
 
 
+@register_model(family="cifar")
 def ShuffleV2(num_classes: int = 100, stem: Stem | str = Stem.CIFAR) -> ShuffleNetV2:
     """ShuffleNetV2 (size 1; 116-232-464-1024 channels): 1,355,528 parameters at 100 classes."""
     return ShuffleNetV2(num_classes=num_classes, stem=stem)

@@ -17,6 +17,7 @@ from torch import nn
 
 from ..base import FeatureClassifierNet
 from ..layers import init_weights, reset_to_default_init
+from ..registry import register_model
 from .blocks import Stem, parse_stem
 
 __all__ = ["VGG", "vgg8", "vgg11", "vgg13", "vgg16", "vgg19"]
@@ -89,26 +90,31 @@ class VGG(FeatureClassifierNet):
         return self.classifier
 
 
+@register_model(family="cifar")
 def vgg8(num_classes: int = 100, stem: Stem | str = Stem.CIFAR) -> VGG:
     """VGG-8 with BatchNorm (mdistiller's ``vgg8_bn``): 3,965,028 parameters at 100 classes."""
     return VGG(_CONFIGS["vgg8"], num_classes, stem)
 
 
+@register_model(family="cifar")
 def vgg11(num_classes: int = 100, stem: Stem | str = Stem.CIFAR) -> VGG:
     """VGG-11 with BatchNorm (``vgg11_bn``)."""
     return VGG(_CONFIGS["vgg11"], num_classes, stem)
 
 
+@register_model(family="cifar")
 def vgg13(num_classes: int = 100, stem: Stem | str = Stem.CIFAR) -> VGG:
     """VGG-13 with BatchNorm (``vgg13_bn``), a CRD teacher."""
     return VGG(_CONFIGS["vgg13"], num_classes, stem)
 
 
+@register_model(family="cifar")
 def vgg16(num_classes: int = 100, stem: Stem | str = Stem.CIFAR) -> VGG:
     """VGG-16 with BatchNorm (``vgg16_bn``)."""
     return VGG(_CONFIGS["vgg16"], num_classes, stem)
 
 
+@register_model(family="cifar")
 def vgg19(num_classes: int = 100, stem: Stem | str = Stem.CIFAR) -> VGG:
     """VGG-19 with BatchNorm (``vgg19_bn``)."""
     return VGG(_CONFIGS["vgg19"], num_classes, stem)

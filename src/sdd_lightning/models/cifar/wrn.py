@@ -14,6 +14,7 @@ from torch import nn
 
 from ..base import FeatureClassifierNet
 from ..layers import init_weights, reset_to_default_init
+from ..registry import register_model
 from .blocks import Stem, parse_stem, stem_conv
 
 __all__ = ["WideResNet", "wrn_16_1", "wrn_16_2", "wrn_40_1", "wrn_40_2"]
@@ -106,21 +107,25 @@ class WideResNet(FeatureClassifierNet):
         return self.fc
 
 
+@register_model(family="cifar")
 def wrn_16_1(num_classes: int = 100, stem: Stem | str = Stem.CIFAR) -> WideResNet:
     """WRN-16-1."""
     return WideResNet(16, 1, num_classes, stem=stem)
 
 
+@register_model(family="cifar")
 def wrn_16_2(num_classes: int = 100, stem: Stem | str = Stem.CIFAR) -> WideResNet:
     """WRN-16-2."""
     return WideResNet(16, 2, num_classes, stem=stem)
 
 
+@register_model(family="cifar")
 def wrn_40_1(num_classes: int = 100, stem: Stem | str = Stem.CIFAR) -> WideResNet:
     """WRN-40-1."""
     return WideResNet(40, 1, num_classes, stem=stem)
 
 
+@register_model(family="cifar")
 def wrn_40_2(num_classes: int = 100, stem: Stem | str = Stem.CIFAR) -> WideResNet:
     """WRN-40-2, a CRD teacher."""
     return WideResNet(40, 2, num_classes, stem=stem)

@@ -13,6 +13,7 @@ from torch import nn
 
 from ..base import FeatureClassifierNet
 from ..layers import conv_bn
+from ..registry import register_model
 
 __all__ = ["MobileNetV1"]
 
@@ -42,6 +43,7 @@ def _depthwise_separable(in_channels: int, out_channels: int, stride: int) -> nn
     )
 
 
+@register_model(family="imagenet")
 class MobileNetV1(FeatureClassifierNet):
     """MobileNetV1 (width 1.0): 4,231,976 parameters at 1000 classes.
 

@@ -17,8 +17,11 @@ from torchvision.models._api import WeightsEnum
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from ..base import FeatureClassifierNet
+from ..registry import register_model
 
 __all__ = ["ImageNetResNet", "imagenet_resnet18", "imagenet_resnet34", "imagenet_resnet50"]
+
+_OPTIONS = "torchvision ResNets take num_classes, weights, progress and torchvision.models.ResNet's arguments."
 
 
 class ImageNetResNet(FeatureClassifierNet, ResNet):
@@ -66,6 +69,7 @@ def _build(
     return model
 
 
+@register_model(family="imagenet", options=_OPTIONS)
 def imagenet_resnet18(
     num_classes: int = 1000, weights: ResNet18_Weights | str | None = None, progress: bool = True, **kwargs: Any
 ) -> ImageNetResNet:
@@ -73,6 +77,7 @@ def imagenet_resnet18(
     return _build(BasicBlock, [2, 2, 2, 2], ResNet18_Weights, weights, num_classes, progress, **kwargs)
 
 
+@register_model(family="imagenet", options=_OPTIONS)
 def imagenet_resnet34(
     num_classes: int = 1000, weights: ResNet34_Weights | str | None = None, progress: bool = True, **kwargs: Any
 ) -> ImageNetResNet:
@@ -80,6 +85,7 @@ def imagenet_resnet34(
     return _build(BasicBlock, [3, 4, 6, 3], ResNet34_Weights, weights, num_classes, progress, **kwargs)
 
 
+@register_model(family="imagenet", options=_OPTIONS)
 def imagenet_resnet50(
     num_classes: int = 1000, weights: ResNet50_Weights | str | None = None, progress: bool = True, **kwargs: Any
 ) -> ImageNetResNet:
