@@ -5,6 +5,10 @@ its ``batch_size`` per device, shards the data per rank under DDP, resumes its t
 in the middle of an epoch, and uses the test split as the validation set (the paper's protocol) unless
 ``val_split`` holds a validation set out of the training split. Problems with the data on disk raise
 :class:`DatasetError` with the file and the fix.
+
+Each data module names itself (``Cifar100DataModule.name == "cifar100"``), the option of its config
+``conf/data/<name>.yaml``; ``available_datamodules()``, ``datamodule_class(name)`` and
+``datamodule_name(target)`` read those names (:mod:`sdd_lightning.data.registry`).
 """
 
 from sdd_lightning.data.base import ClassificationDataModule
@@ -14,6 +18,7 @@ from sdd_lightning.data.device_loader import DeviceResidentLoader
 from sdd_lightning.data.gpu_augment import normalize_batch, random_crop_flip
 from sdd_lightning.data.imagenet import ImageNetDataModule
 from sdd_lightning.data.in_memory import InMemoryImageDataModule, TensorImageDataset
+from sdd_lightning.data.registry import available_datamodules, datamodule_class, datamodule_name
 from sdd_lightning.data.resumable import EpochSampler, ResumableDataLoader, SeededSamples
 from sdd_lightning.data.splits import stratified_holdout
 from sdd_lightning.data.synthetic import SyntheticDataModule, generate_shapes
@@ -32,6 +37,9 @@ __all__ = [
     "SeededSamples",
     "SyntheticDataModule",
     "TensorImageDataset",
+    "available_datamodules",
+    "datamodule_class",
+    "datamodule_name",
     "generate_shapes",
     "normalize_batch",
     "random_crop_flip",

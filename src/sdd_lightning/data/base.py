@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from sdd_lightning.data.layout import DatasetLocation
+from sdd_lightning.data.registry import register_datamodule
 from sdd_lightning.data.resumable import EpochSampler, ResumableDataLoader, SeededSamples
 from sdd_lightning.data.seeding import derive_seed
 from sdd_lightning.data.splits import check_val_split, stratified_holdout
@@ -57,9 +58,17 @@ class ClassificationDataModule(L.LightningDataModule):
         val_split_seed: Seed of which images are held out, independent of ``seed``.
     """
 
+    name: ClassVar[str | None] = None
+    """The data set's name, the option ``data=<name>`` of its config ``conf/data/<name>.yaml``. A subclass that
+    sets it is registered under it (:mod:`sdd_lightning.data.registry`); bases that are no data set leave it."""
     num_classes: int
     location: DatasetLocation | None = None
     """Where a downloadable data set lives under ``root`` (``None``: not downloadable, found by the subclass)."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("name") is not None:
+            register_datamodule(cls)
 
     def __init__(
         self,

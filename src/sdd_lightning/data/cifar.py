@@ -152,6 +152,7 @@ class Cifar100DataModule(InMemoryImageDataModule):
             extract the official archive, 161 MB, md5-checked, in ``prepare_data`` when the files are not there yet).
     """
 
+    name = "cifar100"
     num_classes = _NUM_CLASSES
     location = CIFAR100_LOCATION
     mean = CIFAR100_MEAN

@@ -140,6 +140,7 @@ class Cub200DataModule(ImageFileDataModule):
             ``val_split`` and ``val_split_seed`` (a validation set held out of training).
     """
 
+    name = "cub200"
     location = CUB200_LOCATION
 
     def __init__(self, root: str | Path = "data", *, num_classes: int = 200, **options: Any) -> None:

@@ -43,6 +43,8 @@ class ImageNetDataModule(ImageFileDataModule):
             ``train/``; without it ``val/`` is both the validation and the test split).
     """
 
+    name = "imagenet"
+
     def __init__(self, root: str | Path = "data/imagenet", *, num_classes: int = 1000, **options: Any) -> None:
         super().__init__(root, num_classes=num_classes, **options)
 

@@ -262,6 +262,7 @@ class SyntheticDataModule(InMemoryImageDataModule):
             ``drop_last``, ``persistent_workers``, ``val_split``, ``val_split_seed``).
     """
 
+    name = "synthetic"
     mean = SHAPES_MEAN
     std = SHAPES_STD
 
