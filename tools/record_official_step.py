@@ -53,7 +53,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-import oracle_rules as rules  # noqa: E402  (the shared rules live beside the test that uses them)
+from helpers import oracle_rules as rules  # noqa: E402  (the shared rules live with the test helpers)
 
 # Each pair: the official network names (plain for KD/DKD, the `_sdd` variants that also return region logits for
 # the rest) and the --M the authors' scripts pass for each SD method.

@@ -4,9 +4,11 @@ The public API: import these names from ``sdd_lightning`` itself; the modules be
 stay. They are loaded on first use, so ``import sdd_lightning`` stays cheap (no torch until a name is used).
 
 - the method: ``ScaleDecoupledHead``, ``ScaleDecoupledLoss``, ``sdd_loss``, the base losses ``KDLoss``,
-  ``DKDLoss``, ``NKDLoss`` and ``standardize_logits`` (logit standardization);
+  ``DKDLoss``, ``NKDLoss`` (and ``kd_loss``), ``standardize_logits`` (logit standardization),
+  ``complementary_mask`` (which regions SDD up-weights);
 - training: ``DistillationModule``, ``ClassificationModule``;
-- networks: ``build_model``, ``load_weights``;
+- networks: ``build_model``, ``available_models``, ``register_model`` (a decorator), ``load_weights``,
+  ``get_classifier``;
 - data: ``Cifar100DataModule``, ``ImageNetDataModule``, ``Cub200DataModule``, ``SyntheticDataModule``;
 - settings and configs: ``compose_setting``, ``published``, ``build_module``, ``build_datamodule``;
 - exported students: ``read_model_card``.
@@ -27,10 +29,15 @@ _PUBLIC = {
     "DKDLoss": "sdd_lightning.method.losses",
     "NKDLoss": "sdd_lightning.method.losses",
     "standardize_logits": "sdd_lightning.method.losses",
+    "kd_loss": "sdd_lightning.method.losses",
+    "complementary_mask": "sdd_lightning.method.losses",
     "DistillationModule": "sdd_lightning.training.module",
     "ClassificationModule": "sdd_lightning.training.module",
     "build_model": "sdd_lightning.models",
     "load_weights": "sdd_lightning.models",
+    "get_classifier": "sdd_lightning.models",
+    "available_models": "sdd_lightning.models",
+    "register_model": "sdd_lightning.models",
     "Cifar100DataModule": "sdd_lightning.data",
     "ImageNetDataModule": "sdd_lightning.data",
     "Cub200DataModule": "sdd_lightning.data",

@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from sdd_lightning.catalog import published_top1
+from sdd_lightning.data import datamodule_name
 from sdd_lightning.data.in_memory import InMemoryImageDataModule
 from sdd_lightning.errors import ClassCountMismatchError, ConfigError, UnreadableCheckpointError, UnsafeCheckpointError
 from sdd_lightning.models import available_models, build_model, get_classifier, load_weights
@@ -345,10 +346,6 @@ def check_scales_fit(module: L.LightningModule, datamodule: L.LightningDataModul
         )
 
 
-# data module class -> the data set's name in conf/published.yaml
-_DATA_NAMES = {"Cifar100DataModule": "cifar100", "Cub200DataModule": "cub200", "ImageNetDataModule": "imagenet"}
-
-
 def expected_teacher_acc1(cfg: DictConfig) -> float | None:
     """The top-1 (fraction) the teacher is known to have, or ``None`` when nothing is known.
 
@@ -365,7 +362,7 @@ def expected_teacher_acc1(cfg: DictConfig) -> float | None:
     if card and (card.get("accuracy") or {}).get("acc1") is not None:
         return float(card["accuracy"]["acc1"])
     path = Path(checkpoint)
-    data = _DATA_NAMES.get(str(cfg.data._target_).rsplit(".", 1)[-1])
+    data = datamodule_name(str(cfg.data._target_))  # the name the data module gives itself (published.yaml's)
     if data and path.name == "ckpt_epoch_240.pth" and path.parent.name == f"{cfg.teacher.arch}_vanilla":
         top1 = published_top1(f"{data}/teacher_{cfg.teacher.arch}")
         return None if top1 is None else top1 / 100

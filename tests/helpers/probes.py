@@ -1,4 +1,5 @@
-"""Callbacks that tests add to an ``sdd-train`` run (``+callbacks.probe._target_=helpers.probes.<Name>``) to see inside it."""
+"""Callbacks that tests add to an ``sdd-train`` run (``+callbacks.probe._target_=helpers.probes.<Name>``) to see
+inside it."""
 
 from __future__ import annotations
 

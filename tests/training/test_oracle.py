@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import ClassVar
 
 import lightning as L
-from helpers import oracle_rules as rules
 import pytest
 import torch
+from helpers import oracle_rules as rules
 
 from sdd_lightning.builders import build_module
 from sdd_lightning.catalog import compose_setting

@@ -199,7 +199,8 @@ def check_resume_fits(ckpt_path: str | os.PathLike, pl_module: L.LightningModule
         checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
     except Exception:  # Lightning's own load reports it
         return
-    record = (checkpoint.get("callbacks") or {}).get("RunRecord")  # the state key of callbacks.resume.RunRecord or {}
+    # "RunRecord": the state key of callbacks.resume.RunRecord (its class name)
+    record = (checkpoint.get("callbacks") or {}).get("RunRecord") or {}
     saved_networks = record.get("networks") or {}
     differences = [
         f"{key}: checkpoint {saved_networks[key]}, this run {value}"
