@@ -248,7 +248,8 @@ def test_torchvision_weights(tmp_path, monkeypatch):
     monkeypatch.setattr(WeightsEnum, "get_state_dict", fake_get_state_dict)
     classes = tuple(f"n{index:08d}" for index in range(1000))
     root = write_image_folder(tmp_path / "imagenet", classes=classes, train_per_class=0, val_per_class=1)
-    data = ["data=imagenet", f"data.root={root}", "data.crop_size=32", "data.resize_size=32", "data.num_workers=0"]
+    # crop and resize sizes are not in conf/data/imagenet.yaml: added with +, as sdd-train takes them
+    data = ["data=imagenet", f"data.root={root}", "+data.crop_size=32", "+data.resize_size=32", "data.num_workers=0"]
     report = evaluate(["--arch", "imagenet_resnet18", "--weights", "IMAGENET1K_V1", *data, "--split", "val"], tmp_path)
     assert fetched == ["ResNet18_Weights.IMAGENET1K_V1"]
     assert report["images"] == 1000 and report["acc1"] == pytest.approx(1 / 1000)
