@@ -19,12 +19,17 @@ import yaml
 from helpers.app import TINY, compose_config, read_results
 from helpers.faults import app_env
 from helpers.fixtures import write_image_folder
+from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 from safetensors.torch import save_file
 from torch import nn
 
+from sdd_lightning import builders
+from sdd_lightning.cli import evaluate as evaluate_module
+from sdd_lightning.cli import sources
 from sdd_lightning.cli.evaluate import _default_regions, evaluate_command, evaluate_networks, main
 from sdd_lightning.cli.train import train
+from sdd_lightning.errors import ConfigError
 from sdd_lightning.method.heads import ScaleDecoupledHead
 from sdd_lightning.models import build_model
 from sdd_lightning.models.checkpoints import extract_state_dict, read_checkpoint
@@ -115,6 +120,57 @@ def test_regions_default_to_the_scales_the_run_trained_with(runs, tmp_path):
     )
     assert _default_regions(SimpleNamespace(config=kd)) == ((1, 2), "hierarchical")
     assert _default_regions(None) == ((1, 2, 4), "exact")
+
+
+def settings(datamodule) -> dict:
+    """What a data module was built with: its attributes before any data is read."""
+    return {key: value for key, value in vars(datamodule).items() if not key.startswith("_") and key != "trainer"}
+
+
+def test_data_overrides_reach_the_data_module_as_in_sdd_train(runs, tmp_path, monkeypatch):
+    """One path from config to objects: the overrides given to sdd-eval build the data module that the same
+    overrides build in sdd-train (Hydra composes them, builders.build_datamodule builds it), for a run's own data
+    and for a data set named on the command line; the networks come from builders.build_network."""
+    assert evaluate_module.build_datamodule is builders.build_datamodule
+    assert sources.build_network is builders.build_network
+    built, networks = [], []
+
+    def build_datamodule(cfg):
+        datamodule = builders.build_datamodule(cfg)
+        built.append(settings(datamodule))
+        return datamodule
+
+    def build_network(cfg, role, num_classes):
+        networks.append((role, cfg[role].arch, num_classes))
+        return builders.build_network(cfg, role, num_classes)
+
+    monkeypatch.setattr(evaluate_module, "build_datamodule", build_datamodule)
+    monkeypatch.setattr(sources, "build_network", build_network)
+    changes = ["data.eval_batch_size=50", "data.val_split=32", "+data.padding=2"]
+    evaluate([runs["student"], *changes, "--split", "val", "--regions"], tmp_path)
+    assert built == [settings(builders.build_datamodule(compose_config([*TINY, *changes])))]
+    assert built[0]["eval_batch_size"] == 50 and built[0]["val_split"] == 32 and built[0]["padding"] == 2
+    assert networks == [("student", "tiny_cnn", 16), ("teacher", "small_cnn", 16)]
+    state_dict = extract_state_dict(read_checkpoint(best_checkpoint(runs["teacher"])))
+    weights = write_as("plain", dict(state_dict), tmp_path / "small_cnn.pth")
+    evaluate([weights, "--arch", "small_cnn", *SYNTHETIC, *changes], tmp_path)
+    assert built[1] == settings(builders.build_datamodule(compose_config([*SYNTHETIC, *changes])))
+
+
+def test_an_invalid_data_override_is_refused_as_sdd_train_refuses_it(runs, capsys):
+    """Word for word the message sdd-train's composition (Hydra) or builders (ConfigError) give, exit status 2."""
+    with pytest.raises(ConfigCompositionException) as hydra:
+        compose_config([*TINY, "data.num_vall=64"])
+    err = failure([runs["teacher"], "data.num_vall=64"], capsys)
+    assert err == f"sdd-eval: error: {hydra.value}\n" and len(err.splitlines()) == 2
+    assert "To append to your config use +data.num_vall=64" in err
+    with pytest.raises(ConfigError) as refused:
+        builders.build_datamodule(compose_config([*TINY, "data.eval_batch_size=0"]))
+    assert failure([runs["teacher"], "data.eval_batch_size=0"], capsys) == f"sdd-eval: error: {refused.value}\n"
+    err = failure([runs["teacher"], "data=cifar10"], capsys)
+    assert "unknown data 'cifar10'. Did you mean 'cifar100'" in err and len(err.splitlines()) == 1
+    err = failure([runs["teacher"], "data.num_val=[64,"], capsys)
+    assert err.startswith("sdd-eval: error: data.num_val=[64,: ") and len(err.splitlines()) == 1
 
 
 class MapAsInput(nn.Module):
@@ -248,7 +304,8 @@ def test_torchvision_weights(tmp_path, monkeypatch):
     monkeypatch.setattr(WeightsEnum, "get_state_dict", fake_get_state_dict)
     classes = tuple(f"n{index:08d}" for index in range(1000))
     root = write_image_folder(tmp_path / "imagenet", classes=classes, train_per_class=0, val_per_class=1)
-    data = ["data=imagenet", f"data.root={root}", "data.crop_size=32", "data.resize_size=32", "data.num_workers=0"]
+    # crop and resize sizes are not in conf/data/imagenet.yaml: added with +, as sdd-train takes them
+    data = ["data=imagenet", f"data.root={root}", "+data.crop_size=32", "+data.resize_size=32", "data.num_workers=0"]
     report = evaluate(["--arch", "imagenet_resnet18", "--weights", "IMAGENET1K_V1", *data, "--split", "val"], tmp_path)
     assert fetched == ["ResNet18_Weights.IMAGENET1K_V1"]
     assert report["images"] == 1000 and report["acc1"] == pytest.approx(1 / 1000)

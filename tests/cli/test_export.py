@@ -14,8 +14,11 @@ import pytest
 import torch
 from helpers.app import TINY, compose_config, read_results
 from helpers.faults import app_env
+from omegaconf import OmegaConf
 from safetensors import safe_open
 
+from sdd_lightning import builders
+from sdd_lightning.cli import export as export_module
 from sdd_lightning.cli.evaluate import evaluate_command
 from sdd_lightning.cli.export import export_student, main
 from sdd_lightning.cli.train import train
@@ -119,6 +122,22 @@ def test_command_line_and_bad_input(run, tmp_path, capsys):
     assert err.startswith("sdd-export: error: ") and "does not exist" in err
     with pytest.raises(FileNotFoundError, match=r"no model card .*other\.pth"):
         read_model_card(tmp_path / "other.pth")
+
+
+def test_data_overrides_compose_as_in_sdd_train(run, tmp_path, capsys):
+    """The card's data config is the data node sdd-train composes from the same overrides; a key the data config
+    lacks is refused with Hydra's own message, exit status 2."""
+    assert export_module.build_datamodule is builders.build_datamodule
+    changes = ["data.eval_batch_size=50", "+data.padding=2"]
+    card = json.loads(export_student(run, output_dir=tmp_path, overrides=changes, measure=False).read_text())
+    composed = compose_config([*TINY, *changes]).data
+    assert card["data"]["config"] == OmegaConf.to_container(composed, resolve=True)
+    assert main([str(run), "--output-dir", str(tmp_path / "other"), "--no-measure", "data.padding=2"]) == 2
+    err = capsys.readouterr().err
+    assert (
+        err == "sdd-export: error: Could not override 'data.padding'.\nTo append to your config use +data.padding=2\n"
+    )
+    assert not (tmp_path / "other").exists()
 
 
 def test_two_exports_are_byte_identical_and_follow_the_umask(run, fp32, tmp_path):

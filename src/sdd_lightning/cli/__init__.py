@@ -6,7 +6,7 @@
 - ``summary``: ``sdd-summary``, a table and plots of many runs.
 - ``quickstart``: ``make train``, a teacher and a three-seed KD/SD-KD sweep.
 - ``messages``: the short messages, exit statuses and start/result lines every app shares.
-- ``sources``: finding a run, its checkpoint and saved config.
+- ``sources``: finding a run, its checkpoint and saved config; composing that config with data overrides (Hydra).
 
 Apps sit at the top: nothing in the library imports them.
 """

@@ -11,6 +11,9 @@ The checkpoint may be a run folder (its best checkpoint), a Lightning ``.ckpt`` 
 mdistiller/CRD ``.pth``, a plain or exported state_dict (``.pth`` / ``.safetensors``), or nothing with
 ``--weights`` (torchvision's pretrained weights). The data set is the run's own (its resolved config) or the
 card's, changed by ``data.<key>=...`` overrides, or any ``conf/data`` option chosen with ``data=<name>``.
+Config to objects takes ``sdd-train``'s path: Hydra composes the saved config with the overrides
+(:func:`~sdd_lightning.cli.sources.compose_config`), and :mod:`sdd_lightning.builders` builds the data module and
+the networks from it.
 The report is printed as JSON and written with a per-class CSV beside it; accuracies are fractions (0-1).
 ``--regions`` measures the local predictions on the scales the run trained with (its ``distill.scales``).
 Bad input (a missing or unreadable file, another architecture or class count, missing data, an output that
@@ -34,6 +37,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from sdd_lightning.builders import build_datamodule
 from sdd_lightning.cli.messages import debug_requested
 from sdd_lightning.cli.sources import (
     SPLITS,
@@ -41,8 +45,7 @@ from sdd_lightning.cli.sources import (
     NetworkSpec,
     Run,
     add_network_options,
-    build_datamodule,
-    data_config,
+    compose_config,
     find_run,
     network_specs,
     parse_arch_kwargs,
@@ -166,8 +169,9 @@ def evaluate_networks(
 
 
 def _default_regions(run: Run | None) -> tuple[tuple[int, ...], str]:
-    """The scales and pooling ``--regions`` uses for a run: the ones it trained with (``distill.scales``); for a
-    run without local terms (KD, DKD, NKD, plain training: ``[1]``), its pair's SD scale set, else 1,2,4."""
+    """The scales and pooling ``--regions`` uses for a run: the ones it trained with (``distill.scales``, the
+    saved config's). Only a run without local terms (KD, DKD, NKD, plain training: ``[1]``) has no regions of its
+    own; it is measured on its pair's SD scale set; a file outside a run on 1,2,4."""
     config = run.config if run is not None else {}
     distill = config.get("distill") or {}
     scales = distill.get("scales") or [1]
@@ -178,7 +182,7 @@ def _default_regions(run: Run | None) -> tuple[tuple[int, ...], str]:
 
 def evaluate_checkpoint(
     specs: Sequence[NetworkSpec],
-    data: DictConfig,
+    config: DictConfig,
     *,
     split: str = "test",
     regions: bool = False,
@@ -186,15 +190,19 @@ def evaluate_checkpoint(
     pooling: str = "exact",
     device: str | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Evaluates ``specs`` (the first is the one reported) on ``split`` of ``data``.
+    """Evaluates ``specs`` (the first is the one reported) on ``split`` of the data set of ``config``.
+
+    ``config`` is a composed config (:func:`~sdd_lightning.cli.sources.compose_config`); its data module is built
+    by :func:`sdd_lightning.builders.build_datamodule`, as ``sdd-train`` builds it.
 
     Returns:
         The report (JSON-ready; accuracies as fractions) and the first network's per-class rows.
     """
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if "pin_memory" in data and torch.device(device).type != "cuda":
-        data = OmegaConf.merge(data, {"pin_memory": False})  # page-locked memory only helps copies to a GPU
-    datamodule = build_datamodule(data)
+    if "pin_memory" in config.data and torch.device(device).type != "cuda":
+        config = OmegaConf.merge(config, {"data": {"pin_memory": False}})  # page-locked memory only helps GPU copies
+    datamodule = build_datamodule(config)
+    datamodule.prepare_data()
     networks = {spec.role: spec.build(datamodule.num_classes) for spec in specs}  # bad weights fail before data loads
     loader = split_loader(datamodule, split)
     head = ScaleDecoupledHead(scales or DEFAULT_SCALES, pooling) if regions else None
@@ -259,7 +267,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--regions", action="store_true", help="local accuracy per scale, complementary fractions")
     parser.add_argument(
         "--scales",
-        help="grid sides for --regions, e.g. 1,2,4 (default: those the run trained with, else 1,2,4)",
+        help="grid sides for --regions, e.g. 1,2,4 (default: those the run trained with; for a run without "
+        "regions its pair's SD set; else 1,2,4)",
     )
     parser.add_argument("--pooling", choices=("exact", "hierarchical"), help="for --regions (default: the run's)")
     parser.add_argument("--output", type=Path, help="report file (default: <run>/eval/ or ./eval/<name>.json)")
@@ -293,7 +302,7 @@ def evaluate_command(argv: Sequence[str] | None = None) -> dict[str, Any]:
         both_parts=args.regions,
     )
     card = find_model_card(checkpoint) if checkpoint is not None else None
-    base = run.config.data if run is not None else (card["data"]["config"] if card else None)
+    config = compose_config(overrides, run, card)
     run_scales, run_pooling = _default_regions(run)
     try:
         scales = tuple(int(s) for s in args.scales.split(",")) if args.scales else run_scales
@@ -301,7 +310,7 @@ def evaluate_command(argv: Sequence[str] | None = None) -> dict[str, Any]:
         raise EvalError(f"--scales {args.scales}: expected grid sides such as 1,2,4") from None
     report, per_class = evaluate_checkpoint(
         specs,
-        data_config(overrides, base),
+        config,
         split=args.split,
         regions=args.regions,
         scales=scales,

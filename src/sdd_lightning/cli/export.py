@@ -12,6 +12,10 @@ weights file) and ``<name>.md``. The card records the architecture, data set and
 run (temperature, loss weights, scales M, beta, gamma, epochs, learning rate, batch size, ...), the commands that
 trained and exported it, the sha256 of each weights file, and how to load it.
 
+The data set (to measure on, and named in the card) is composed and built as ``sdd-eval`` does it, on the path
+``sdd-train`` takes: Hydra composes the run's saved config with the ``data`` overrides, and
+:mod:`sdd_lightning.builders` builds the data module and the student from it.
+
 Each file is written whole or not at all, with the mode the umask gives any new file, and two exports of one
 checkpoint give the same bytes (the card holds no time; the export command is recorded without ``--output-dir``).
 A bad input or an output folder that cannot be written stops with exit status 2 and a short message that names
@@ -35,6 +39,7 @@ import torch
 from omegaconf import OmegaConf
 from safetensors.torch import save as safetensors_bytes
 
+from sdd_lightning.builders import build_datamodule
 from sdd_lightning.cli.evaluate import evaluate_checkpoint
 from sdd_lightning.cli.messages import debug_requested
 from sdd_lightning.cli.sources import (
@@ -42,8 +47,7 @@ from sdd_lightning.cli.sources import (
     NetworkSpec,
     Run,
     add_network_options,
-    build_datamodule,
-    data_config,
+    compose_config,
     find_run,
     network_specs,
     parse_arch_kwargs,
@@ -236,9 +240,10 @@ def export_student(
         raise EvalError(f"--dtype {dtype}: choose {' or '.join(DTYPES)}")
     checkpoint, run = find_run(source)
     spec = network_specs(checkpoint, run, arch=arch, num_classes=num_classes, arch_kwargs=arch_kwargs)[0]
-    card_in = find_model_card(checkpoint)
-    data = data_config(overrides, run.config.data if run else (card_in["data"]["config"] if card_in else None))
-    datamodule = build_datamodule(data)
+    config = compose_config(overrides, run, find_model_card(checkpoint))
+    data = config.data
+    datamodule = build_datamodule(config)
+    datamodule.prepare_data()
     data_classes = datamodule.num_classes
     model = spec.build(data_classes)
     classes = spec.num_classes or data_classes
@@ -262,7 +267,7 @@ def export_student(
     accuracy, class_names = None, getattr(datamodule, "class_names", None)
     if measure:
         exported = NetworkSpec("network", spec.arch, kwargs, classes, safetensors)
-        report, per_class = evaluate_checkpoint([exported], data, split=split, device=device)
+        report, per_class = evaluate_checkpoint([exported], config, split=split, device=device)
         accuracy = {key: report[key] for key in ("acc1", "acc5", "loss", "images", "split")}
         accuracy |= {"file": safetensors.name, "measured_with": "sdd-eval", "units": "fraction (0-1)"}
         class_names = [row["name"] for row in per_class] if any(row["name"] for row in per_class) else class_names

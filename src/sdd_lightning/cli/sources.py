@@ -1,14 +1,19 @@
-"""Where a network and its data come from, for ``sdd-eval`` and ``sdd-export``.
+"""What ``sdd-eval`` and ``sdd-export`` work on: a run or a weights file, its networks, and the config of its data.
 
-- a run folder (``config_resolved.yaml``, ``checkpoints/``, ``results.json``): its best checkpoint, the student's
-  and the teacher's architecture, its data config;
+- a run folder (``config_resolved.yaml``, ``checkpoints/``, ``results.json``): its best checkpoint and its saved
+  config, which names the student and the teacher;
 - a checkpoint file inside or outside a run folder, with a model card beside it (``<stem>.json``) or with
   ``--arch`` / ``--num-classes`` / ``--arch-kwarg`` options;
-- the data: the run's or the card's data config, changed by ``data.<key>=...`` overrides, or any ``conf/data``
-  option named with ``data=<name>``; and the one function that maps a split name to its batches.
+- the config to build from (:func:`compose_config`): the run's saved config, or ``sdd-train``'s ``train`` config
+  with the card's data, composed by Hydra's compose API with the user's ``data=<name>`` / ``data.<key>=...``
+  overrides, exactly as ``sdd-train`` composes them. Nothing here builds objects: the data module and the networks
+  come from :mod:`sdd_lightning.builders`, the builders ``sdd-train`` uses (:meth:`NetworkSpec.build`
+  adds loading the weights from the file being evaluated);
+- the one function that maps a split name to its batches.
 
-Every bad input raises :class:`EvalError` (or the loaders' own error types, :data:`USER_ERRORS`) with a message
-that names the input and the fix; so does an output that cannot be written (:func:`writing`).
+Every bad input raises :class:`EvalError` (or one of :data:`USER_ERRORS`, such as the builders'
+:class:`ConfigError`) with a message that names the input and the fix; so does an output that cannot be
+written (:func:`writing`).
 """
 
 from __future__ import annotations
@@ -23,23 +28,27 @@ from typing import Any
 
 import torch
 from hydra import compose, initialize_config_dir
+from hydra.core.config_store import ConfigStore
 from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override
 from hydra.errors import HydraException
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 
-from sdd_lightning.catalog import CONF_DIR
+from sdd_lightning.builders import build_network, is_distillation
+from sdd_lightning.catalog import CONF_DIR, unknown_group_option
 from sdd_lightning.errors import (
     CheckpointMismatchError,
     ClassCountMismatchError,
+    ConfigError,
     DatasetError,
     EvalError,
     UnreadableCheckpointError,
     UnsafeCheckpointError,
 )
-from sdd_lightning.models import build_model, get_classifier, load_weights
+from sdd_lightning.models import get_classifier, load_weights
 from sdd_lightning.models.fold_bn import fold_batchnorm
 from sdd_lightning.reporting.model_card import find_model_card, unwritable_output
 
@@ -51,8 +60,8 @@ __all__ = [
     "NetworkSpec",
     "Run",
     "add_network_options",
-    "build_datamodule",
-    "data_config",
+    "compose_config",
+    "data_overrides",
     "find_run",
     "network_specs",
     "parse_arch_kwargs",
@@ -65,6 +74,7 @@ RUN_CONFIG = "config_resolved.yaml"
 SPLITS = ("test", "val", "train")
 USER_ERRORS = (
     FileNotFoundError,
+    ConfigError,
     UnsafeCheckpointError,
     UnreadableCheckpointError,
     CheckpointMismatchError,
@@ -85,8 +95,8 @@ class Run:
 
     @property
     def is_distillation(self) -> bool:
-        """Whether the run had a teacher (its checkpoints then hold ``teacher.*`` too)."""
-        return self.config.get("method", "none") != "none"
+        """Whether the run had a teacher (its checkpoints then hold ``teacher.*`` too), as ``sdd-train`` decided it."""
+        return is_distillation(self.config)
 
 
 def _read_run(run_dir: Path) -> Run:
@@ -151,12 +161,20 @@ class NetworkSpec:
     fold_batchnorm: bool = False
 
     def build(self, data_classes: int) -> nn.Module:
-        """The network with its weights, in eval mode; any bad input raises :class:`EvalError`."""
+        """The network with its weights, in eval mode; any bad input raises :class:`EvalError`.
+
+        Built by :func:`sdd_lightning.builders.build_network` from the config node ``{arch, kwargs}``, as
+        ``sdd-train`` builds the student and the teacher; the weights are then loaded from :attr:`checkpoint`.
+        """
         num_classes = self.num_classes or data_classes
+        node = "teacher" if self.role == "teacher" else "student"
+        config = OmegaConf.create({node: {"arch": self.arch, "kwargs": self.kwargs, "checkpoint": None}})
         try:
-            model = build_model(self.arch, num_classes, **self.kwargs)
-        except (KeyError, ValueError, TypeError, ImportError) as error:
-            raise EvalError(f"cannot build --arch {self.arch} with options {self.kwargs}: {error}") from None
+            model = build_network(config, node, num_classes)
+        except ConfigError as error:
+            raise EvalError(
+                f"cannot build --arch {self.arch} with options {self.kwargs}: {error.__cause__ or error}"
+            ) from None
         except OSError as error:  # torchvision fetching pretrained weights without a network
             raise EvalError(f"{self.arch} with {self.kwargs}: could not fetch the weights ({error})") from None
         if self.fold_batchnorm:
@@ -248,63 +266,82 @@ def network_specs(
     return specs
 
 
-# ------------------------------------------------------------------------------------------------ data
+# ------------------------------------------------------------------------------------------------ config
+
+SAVED_RUN = "sdd_saved_run"
+"""The name under which a run's saved config is composed (Hydra's config store, in this process only)."""
+SAVED_DATA = "sdd_saved_data"
+"""The ``data`` option that holds a run's or a model card's saved data config (Hydra's config store)."""
 
 
-def _compose_data(choice: str) -> DictConfig:
-    """The ``data`` node of ``conf/train.yaml`` with ``data=<choice>`` (a file of ``conf/data/``), resolved."""
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-            cfg = compose("train", overrides=[f"data={choice}"])
-        return OmegaConf.create(OmegaConf.to_container(cfg.data, resolve=True))
-    except (HydraException, OmegaConfBaseException) as error:
-        message = str(error).split("\nConfig search path")[0].strip()  # Hydra appends its search path
-        raise EvalError(f"data={choice}: {message}") from None
-    finally:
-        GlobalHydra.instance().clear()
-
-
-def data_config(overrides: Sequence[str], base: Mapping[str, Any] | None) -> DictConfig:
-    """The data module's config: the ``conf/data`` option that ``data=<name>`` names, else ``base`` (a run's or a
-    model card's), changed by the ``data.<key>=<value>`` overrides (any argument of the data module).
+def data_overrides(overrides: Sequence[str]) -> list[Override]:
+    """``overrides`` read by Hydra's own override parser, each of which must be about the data.
 
     Raises:
-        EvalError: an override that is not about data, or no data set at all.
+        EvalError: an override Hydra cannot read, or one that is not ``data=<name>`` / ``data.<key>=<value>``
+            (with ``+``/``++``/``~`` as for ``sdd-train``).
     """
-    choices = [o.split("=", 1)[1] for o in overrides if o.startswith("data=")]
-    settings = [o.lstrip("+") for o in overrides if o.lstrip("+").startswith("data.")]
-    others = [o for o in overrides if not o.startswith("data=") and o.lstrip("+") not in settings]
-    if others:
-        raise EvalError(
-            f"{others[0]!r}: sdd-eval takes data overrides only (data=<name>, data.<key>=<value>); other "
-            "settings are options (sdd-eval --help)"
-        )
-    if choices:
-        base = _compose_data(choices[-1])
-    elif base is None:
+    parser = OverridesParser.create()
+    parsed = []
+    for item in overrides:
+        try:
+            parsed += parser.parse_overrides([item])
+        except HydraException as error:
+            raise EvalError(f"{item}: {str(error).splitlines()[0]}") from None
+    for override in parsed:
+        if override.key_or_group != "data" and not override.key_or_group.startswith("data."):
+            raise EvalError(
+                f"{override.input_line!r}: sdd-eval takes data overrides only (data=<name>, data.<key>=<value>); "
+                "other settings are options (sdd-eval --help)"
+            )
+    return parsed
+
+
+def compose_config(
+    overrides: Sequence[str], run: Run | None = None, card: Mapping[str, Any] | None = None
+) -> DictConfig:
+    """The config to build the data module from: the run's saved config (or ``sdd-train``'s ``train`` config), its
+    data (the run's, the model card's, or the ``conf/data`` option ``data=<name>`` names) changed by ``overrides``.
+
+    Composed by Hydra's compose API as ``sdd-train`` composes its config, so that an override means here what it
+    means there: the saved data config is a ``data`` option of its own (the run's saved config names it in its
+    defaults list), ``data=<name>`` replaces it, and ``data.<key>=...``, ``+data.<key>=...`` and ``~data.<key>``
+    change it under Hydra's rules.
+
+    Raises:
+        EvalError: an override that is not about data or that Hydra refuses, or no data set at all.
+    """
+    chooses = any(override.key_or_group == "data" for override in data_overrides(overrides))
+    store = ConfigStore.instance()
+    saved = (card or {}).get("data", {}).get("config") if run is None else run.config.data
+    if run is not None:
+        body = {key: value for key, value in OmegaConf.to_container(run.config).items() if key != "data"}
+        store.store(name=SAVED_RUN, node={"defaults": ["_self_", {"data": SAVED_DATA}], **body})
+        primary, chosen = SAVED_RUN, []
+    elif saved is not None or chooses:
+        primary, chosen = "train", [] if chooses else [f"data={SAVED_DATA}"]
+    else:
         raise EvalError(
             "no data set to evaluate on: give data=<cifar100|cub200|imagenet|synthetic> (and data.root=...); "
             "only a run folder or a model card brings its own"
         )
+    if saved is not None:
+        store.store(group="data", name=SAVED_DATA, node=OmegaConf.to_container(OmegaConf.create(saved)))
+    unknown = unknown_group_option(list(overrides))
+    if unknown:
+        raise EvalError(unknown)
+    GlobalHydra.instance().clear()
     try:
-        changes = OmegaConf.from_dotlist([o.removeprefix("data.") for o in settings])
-        return OmegaConf.merge(OmegaConf.create(dict(base)), changes)
-    except OmegaConfBaseException as error:
-        raise EvalError(f"data overrides {' '.join(settings)}: {error}") from None
-
-
-def build_datamodule(config: DictConfig) -> Any:
-    """The data module a data config describes, ready for :func:`split_loader`."""
-    try:
-        datamodule = instantiate(config)
+        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+            return compose(primary, overrides=[*chosen, *overrides])
     except (HydraException, OmegaConfBaseException) as error:
-        cause = error.__cause__ or error
-        if isinstance(cause, DatasetError):
-            raise cause from None
-        raise EvalError(f"data={config.get('_target_')}: {cause}") from None
-    datamodule.prepare_data()
-    return datamodule
+        message = str(error).split("\nConfig search path")[0].strip()  # Hydra appends its search path
+        raise EvalError("\n".join(message.splitlines()[:2])) from None
+    finally:
+        GlobalHydra.instance().clear()
+
+
+# ------------------------------------------------------------------------------------------------ data
 
 
 def split_loader(datamodule: Any, split: str) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
@@ -327,11 +364,22 @@ def split_loader(datamodule: Any, split: str) -> Iterable[tuple[torch.Tensor, to
 
 
 def parse_arch_kwargs(items: Sequence[str]) -> dict[str, Any]:
-    """``["stem=imagenet", "width=2"]`` -> ``{"stem": "imagenet", "width": 2}`` (values parsed as YAML)."""
+    """``["stem=imagenet", "width=2"]`` -> ``{"stem": "imagenet", "width": 2}``: each value read by Hydra's override
+    parser, as ``student.kwargs.<key>=<value>`` is read by ``sdd-train``."""
+    parser = OverridesParser.create()
+    kwargs = OmegaConf.create()
     for item in items:
+        expected = f"--arch-kwarg {item}: expected KEY=VALUE, e.g. --arch-kwarg stem=imagenet"
         if "=" not in item:
-            raise EvalError(f"--arch-kwarg {item}: expected KEY=VALUE, e.g. --arch-kwarg stem=imagenet")
-    return OmegaConf.to_container(OmegaConf.from_dotlist(list(items)))
+            raise EvalError(expected)
+        try:
+            (override,) = parser.parse_overrides([item])
+        except HydraException:
+            raise EvalError(expected) from None
+        if override.is_sweep_override() or override.is_delete():
+            raise EvalError(expected)
+        OmegaConf.update(kwargs, override.key_or_group, override.value())
+    return OmegaConf.to_container(kwargs)
 
 
 def split_inputs(inputs: Sequence[str]) -> tuple[str | None, list[str]]:
