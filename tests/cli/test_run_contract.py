@@ -13,8 +13,7 @@ import sys
 
 import pytest
 import torch
-from helpers.app import TINY, compose_config, read_results
-from helpers.faults import app_env
+from helpers.app import TINY, compose_config, read_results, subprocess_env
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from sdd_lightning.builders import build_datamodule, build_module, check_scales_fit
@@ -29,7 +28,7 @@ from sdd_lightning.training.checkpointing import describe_load_failure
 def sdd_train(args: list[str]) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "sdd_lightning.cli.train", *args],
-        env=app_env(),
+        env=subprocess_env(),
         capture_output=True,
         text=True,
         timeout=400,
