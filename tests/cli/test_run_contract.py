@@ -208,7 +208,7 @@ def test_a_diverged_loss_is_a_short_error():
 
 
 def test_ctrl_c_stops_cleanly_and_is_named_as_sigint(tmp_path, caplog):
-    ctrl_c = ["+callbacks.ctrl_c._target_=fault_helpers.SignalAtStep", "+callbacks.ctrl_c.step=2"]
+    ctrl_c = ["+callbacks.ctrl_c._target_=helpers.faults.SignalAtStep", "+callbacks.ctrl_c.step=2"]
     signal_log = logging.getLogger("lightning.pytorch.trainer.connectors.signal_connector")
     signal_log.addHandler(caplog.handler)
     try:

@@ -239,7 +239,7 @@ def test_a_writer_killed_mid_checkpoint_leaves_last_ckpt_intact_and_the_next_run
 
 
 def test_a_failure_mid_epoch_leaves_the_last_good_checkpoint(tmp_path):
-    fail = ["+callbacks.fail._target_=fault_helpers.FailAtStep", "+callbacks.fail.step=6"]
+    fail = ["+callbacks.fail._target_=helpers.faults.FailAtStep", "+callbacks.fail.step=6"]
     train(compose_config([*TINY, "epochs=1"], tmp_path))  # last.ckpt at step 4 (end of epoch 0)
     with pytest.raises(RuntimeError, match="injected failure"):
         train(compose_config([*TINY, "epochs=3", *fail], tmp_path))
