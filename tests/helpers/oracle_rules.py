@@ -1,8 +1,9 @@
 """The rules the oracle of the training step shares between its two sides.
 
 ``tools/record_official_step.py`` runs these rules against the official SDD code and commits what it saw to
-``tests/assets/official_step.json``; ``tests/training/test_oracle.py`` runs them against this project's ``DistillationModule``
-and compares. Both sides import this one file, so the weights, batches, labels and checksums are the same code.
+``tests/assets/official_step.json``; ``tests/training/test_oracle.py`` runs them against this project's
+``DistillationModule`` and compares. Both sides import this one file, so the weights, batches, labels and
+checksums are the same code.
 
 Every value comes from a counter-based generator (NumPy's PCG64, seeded by a SHA-256 of a text key), not from
 torch's global generator: nothing depends on the order in which networks or tensors are built, and the streams
