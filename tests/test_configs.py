@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import importlib.util
 
-import lightning as L
 import pytest
 import torch
 from helpers.app import CONF_DIR, TINY, compose_config
+from helpers.training import quiet_trainer
 from omegaconf import OmegaConf
 
 from sdd_lightning.builders import build_datamodule, build_module, check_config, is_distillation
 from sdd_lightning.catalog import published, published_numbers, setting_names, setting_overrides
+from sdd_lightning.models import build_model
 from sdd_lightning.reporting import recipes
 
 EXPERIMENTS = sorted(
@@ -51,13 +52,206 @@ def _optuna_sweeper_installed() -> bool:
         return False
 
 
+ABSENT = object()  # a key the option leaves out of the config
+KD, DKD, NKD = (f"sdd_lightning.method.losses.{name}" for name in ("KDLoss", "DKDLoss", "NKDLoss"))
+DISTILLATION = "sdd_lightning.training.module.DistillationModule"
+LOGGERS = "sdd_lightning.training.loggers"
+# What each option of a config group puts in the composed config (read from conf/<group>/<option>.yaml; the
+# pair-dependent values are the root defaults pair_settings.sd_scales=[1, 2, 4], dkd_beta=8, nkd_gamma=8).
+GROUP_OPTIONS = {
+    ("data", "cifar100"): {
+        "data._target_": "sdd_lightning.data.Cifar100DataModule",
+        "data.batch_size": 64,
+        "data.eval_batch_size": 256,
+        "data.download": False,
+        "data.val_split": None,
+    },
+    ("data", "cub200"): {
+        "data._target_": "sdd_lightning.data.Cub200DataModule",
+        "data.batch_size": 64,
+        "data.eval_batch_size": 128,
+        "data.drop_last": True,
+    },
+    ("data", "imagenet"): {
+        "data._target_": "sdd_lightning.data.ImageNetDataModule",
+        "data.batch_size": 256,
+        "data.eval_batch_size": 256,
+        "data.num_workers": 8,
+    },
+    ("data", "synthetic"): {
+        "data._target_": "sdd_lightning.data.SyntheticDataModule",
+        "data.num_classes": 16,
+        "data.num_train": 10000,
+        "data.num_val": 2000,
+        "data.device_resident": True,
+    },
+    ("loss", "kd"): {"distill.loss": {"_target_": KD, "temperature": 4.0, "standardize": False}},
+    ("loss", "dkd"): {
+        "distill.loss": {"_target_": DKD, "temperature": 4.0, "alpha": 1.0, "beta": 8.0, "standardize": False}
+    },
+    ("loss", "nkd"): {
+        "distill.loss": {
+            "_target_": NKD,
+            "temperature": 4.0,
+            "gamma": 8.0,
+            "exclude_target": False,
+            "standardize": False,
+        }
+    },
+    ("distill", "none"): {
+        "method": "none",
+        "distill._target_": "sdd_lightning.training.module.ClassificationModule",
+        "distill.loss": ABSENT,
+        "distill.scales": ABSENT,
+    },
+    **{
+        ("distill", method): {
+            "method": method,
+            "distill._target_": DISTILLATION,
+            "distill.loss._target_": loss,
+            "distill.scales": scales,
+            "distill.pooling": "exact",
+            "distill.consistency": "correctness",
+            "distill.complementary_weight": 2.0,
+            "distill.consistent_weight": 1.0,
+            "distill.ce_weight": ce_weight,
+            "distill.kd_weight": kd_weight,
+            "distill.warmup_epochs": warmup,
+        }
+        for method, loss, scales, ce_weight, kd_weight, warmup in [
+            ("kd", KD, [1], 0.1, 0.9, 0),
+            ("sd_kd", KD, [1, 2, 4], 0.1, 0.9, 0),
+            ("dkd", DKD, [1], 1.0, 1.0, 20),
+            ("sd_dkd", DKD, [1, 2, 4], 1.0, 1.0, 20),
+            ("nkd", NKD, [1], 1.0, 1.0, 20),
+            ("sd_nkd", NKD, [1, 2, 4], 1.0, 1.0, 20),
+        ]
+    },
+    ("optimizer", "sgd"): {
+        "optimizer._target_": "torch.optim.SGD",
+        "optimizer.lr": 0.05,
+        "optimizer.momentum": 0.9,
+        "optimizer.weight_decay": 5e-4,
+        "optimizer.nesterov": False,
+    },
+    ("scheduler", "cosine"): {
+        "scheduler._target_": "torch.optim.lr_scheduler.CosineAnnealingLR",
+        "scheduler.T_max": 240,  # ${epochs}
+        "scheduler.eta_min": 0.0,
+    },
+    ("scheduler", "multistep"): {
+        "scheduler._target_": "torch.optim.lr_scheduler.MultiStepLR",
+        "scheduler.milestones": [150, 180, 210],
+        "scheduler.gamma": 0.1,
+    },
+    ("scheduler", "none"): {"scheduler": {}},
+    ("trainer", "cpu"): {
+        "trainer.accelerator": "cpu",
+        "trainer.devices": 1,
+        "trainer.strategy": "auto",
+        "trainer.precision": "32-true",
+        "trainer.max_epochs": 240,
+        "trainer.gradient_clip_val": 40.0,
+        "trainer.gradient_clip_algorithm": "norm",
+        "trainer.sync_batchnorm": ABSENT,
+    },
+    ("trainer", "gpu"): {
+        "trainer.accelerator": "gpu",
+        "trainer.devices": 1,
+        "trainer.precision": "bf16-mixed",
+        "trainer.benchmark": True,
+        "trainer.gradient_clip_val": 40.0,
+        "optimizer.foreach": True,
+    },
+    ("trainer", "ddp"): {
+        "trainer.accelerator": "gpu",
+        "trainer.devices": -1,
+        "trainer.num_nodes": 1,
+        "trainer.strategy": "ddp",
+        "trainer.precision": "bf16-mixed",
+        "trainer.sync_batchnorm": True,
+    },
+    ("trainer", "ddp_sim"): {
+        "trainer.accelerator": "cpu",
+        "trainer.devices": 2,
+        "trainer.strategy._target_": "lightning.pytorch.strategies.DDPStrategy",
+        "trainer.strategy.timeout.seconds": 120,
+        "trainer.precision": "32-true",
+        "trainer.sync_batchnorm": False,
+    },
+    ("logger", "csv"): {
+        "logger.csv._target_": f"{LOGGERS}.ResumableCSVLogger",
+        "logger.csv.flush_logs_every_n_steps": 1,
+        "logger.tensorboard": ABSENT,
+        "logger.wandb": ABSENT,
+    },
+    ("logger", "tensorboard"): {
+        "logger.tensorboard._target_": f"{LOGGERS}.ResumableTensorBoardLogger",
+        "logger.tensorboard.default_hp_metric": False,
+        "logger.csv": ABSENT,
+    },
+    ("logger", "wandb"): {
+        "logger.wandb._target_": f"{LOGGERS}.ResumableWandbLogger",
+        "logger.wandb.project": "sdd-lightning",
+        "logger.wandb.log_model": False,
+        "logger.wandb.offline": False,
+        "logger.csv": ABSENT,
+    },
+    ("logger", "many"): {
+        "logger.csv._target_": f"{LOGGERS}.ResumableCSVLogger",
+        "logger.tensorboard._target_": f"{LOGGERS}.ResumableTensorBoardLogger",
+        "logger.wandb._target_": f"{LOGGERS}.ResumableWandbLogger",
+    },
+    ("logger", "none"): {"logger": {}},
+    ("callbacks", "default"): {
+        "callbacks.model_checkpoint._target_": "lightning.pytorch.callbacks.ModelCheckpoint",
+        "callbacks.model_checkpoint.monitor": "val/acc1",
+        "callbacks.model_checkpoint.mode": "max",
+        "callbacks.last_checkpoint._target_": "sdd_lightning.training.callbacks.LastCheckpoint",
+        "callbacks.last_checkpoint.save_on_exception": True,
+        "callbacks.lr_monitor.logging_interval": "epoch",
+        "callbacks.progress_bar._target_": "lightning.pytorch.callbacks.RichProgressBar",
+        "callbacks.region_maps.every_n_epochs": 10,
+    },
+    ("callbacks", "quiet"): {
+        "callbacks.model_checkpoint.monitor": "val/acc1",
+        "callbacks.last_checkpoint._target_": "sdd_lightning.training.callbacks.LastCheckpoint",
+        "callbacks.lr_monitor.logging_interval": "epoch",
+        "callbacks.progress_bar": None,
+        "callbacks.region_maps": None,
+    },
+    ("hparams_search", "sdd_optuna"): {
+        "hydra.sweeper._target_": "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper",
+        "hydra.sweeper.direction": "maximize",
+        "hydra.sweeper.n_trials": 20,
+        "hydra.sweeper.params": {
+            "distill.complementary_weight": "interval(1.0, 8.0)",
+            "distill.loss.temperature": "choice(1.0, 2.0, 4.0, 6.0, 8.0)",
+        },
+    },
+}
+
+
+def _selected(cfg, key: str):
+    """The resolved value at ``key`` (a plain dict or list for a node), or ``ABSENT``."""
+    value = OmegaConf.select(cfg, key, default=ABSENT)
+    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+
+
+def test_every_group_option_has_its_expected_values():
+    assert sorted(GROUP_OPTIONS) == sorted((g, o) for g, opts in GROUPS.items() for o in opts)
+
+
 @pytest.mark.parametrize(("group", "option"), [(g, o) for g, opts in GROUPS.items() for o in opts])
-def test_every_group_option_composes(group, option):
+def test_every_group_option_composes_to_its_values(group, option):
     if group == "hparams_search" and not _optuna_sweeper_installed():
         pytest.skip("the optuna sweeper is an optional extra (pip install -e '.[optuna]')")
     override = f"{group}=[{option}]" if group == "logger" else f"{group}={option}"
     cfg = compose_config([override])
-    assert cfg is not None
+    if group not in ("logger", "hparams_search"):  # Hydra records no choice for a list of options
+        assert cfg.hydra.runtime.choices[group] == option
+    composed = {key: _selected(cfg, key) for key in GROUP_OPTIONS[group, option]}
+    assert composed == GROUP_OPTIONS[group, option]
 
 
 def _buildable(setting_or_overrides: list[str], tmp_path):
@@ -129,7 +323,30 @@ def test_every_published_setting_builds_the_values_of_the_recipe_table(setting, 
 
 @pytest.mark.parametrize("experiment", [e for e in EXPERIMENTS if e.startswith("quickstart/")])
 def test_the_quickstart_experiments_build(experiment, tmp_path):
-    _buildable([f"experiment={experiment}"], tmp_path)
+    """The three steps of the quickstart: a small_cnn teacher, then tiny_cnn by KD and by SD-KD ({1, 2, 4})."""
+    cfg, datamodule, module = _buildable([f"experiment={experiment}"], tmp_path)
+    step = experiment.removeprefix("quickstart/")
+    assert (type(datamodule).__name__, datamodule.num_classes, datamodule.batch_size) == ("SyntheticDataModule", 16, 64)
+    assert (datamodule.num_train, datamodule.num_val) == (6000, 2000)
+    assert cfg.epochs == (4 if step == "teacher" else 5) and cfg.run_name == f"quickstart-{step}"
+    optimizer = module.optimizer_factory([torch.nn.Parameter(torch.zeros(1))])
+    assert optimizer.defaults["lr"] == 0.05
+    assert module.scheduler_factory.func is torch.optim.lr_scheduler.CosineAnnealingLR
+    assert module.scheduler_factory.keywords["T_max"] == cfg.epochs
+
+    def widths(network: torch.nn.Module) -> list[int]:  # the teacher's BatchNorm is folded: its convolutions tell
+        return [m.out_channels for m in network.modules() if isinstance(m, torch.nn.Conv2d)]
+
+    with torch.device("meta"):
+        small_cnn, tiny_cnn = widths(build_model("small_cnn", 16)), widths(build_model("tiny_cnn", 16))
+    assert small_cnn != tiny_cnn
+    if step == "teacher":
+        assert type(module).__name__ == "ClassificationModule" and widths(module.model) == small_cnn
+        return
+    assert type(module).__name__ == "DistillationModule"
+    assert widths(module.model) == tiny_cnn and widths(module.teacher) == small_cnn
+    assert type(module.distillation_loss.base).__name__ == "KDLoss"
+    assert module.head.scales == ((1,) if step == "kd" else (1, 2, 4))
 
 
 @pytest.mark.parametrize("pair", PAIRS)
@@ -174,7 +391,7 @@ def test_trainer_ddp_gives_the_student_syncbatchnorm(tmp_path):
     # The Trainer that trainer=ddp builds, on CPU processes instead of GPUs. PyTorch's DDP runs SyncBatchNorm on
     # GPUs only, so this checks what Lightning's DDP strategy does to the module before it wraps it.
     cfg = compose_config([*TINY, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"], run_dir=tmp_path)
-    trainer = L.Trainer(**OmegaConf.to_container(cfg.trainer, resolve=True), logger=False, default_root_dir=tmp_path)
+    trainer = quiet_trainer(tmp_path, **OmegaConf.to_container(cfg.trainer, resolve=True))
     module = build_module(cfg, 16)
     synced = trainer.strategy._layer_sync.apply(module)  # what DDPStrategy.setup applies
     norms = {type(m).__name__ for m in synced.model.modules() if "Norm" in type(m).__name__}

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+from helpers.app import subprocess_env
 
 import sdd_lightning
 
@@ -25,5 +26,7 @@ def test_an_unknown_name_is_an_attribute_error():
 
 def test_importing_the_package_loads_no_torch():
     code = "import sys, sdd_lightning; print('torch' in sys.modules, sdd_lightning.__version__)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=subprocess_env()
+    ).stdout.split()
     assert out == ["False", sdd_lightning.__version__]

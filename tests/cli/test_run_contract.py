@@ -13,8 +13,7 @@ import sys
 
 import pytest
 import torch
-from helpers.app import TINY, compose_config, read_results
-from helpers.faults import app_env
+from helpers.app import TINY, compose_config, read_results, subprocess_env
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from sdd_lightning.builders import build_datamodule, build_module, check_scales_fit
@@ -29,7 +28,7 @@ from sdd_lightning.training.checkpointing import describe_load_failure
 def sdd_train(args: list[str]) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "sdd_lightning.cli.train", *args],
-        env=app_env(),
+        env=subprocess_env(),
         capture_output=True,
         text=True,
         timeout=400,
@@ -209,7 +208,7 @@ def test_a_diverged_loss_is_a_short_error():
 
 
 def test_ctrl_c_stops_cleanly_and_is_named_as_sigint(tmp_path, caplog):
-    ctrl_c = ["+callbacks.ctrl_c._target_=fault_helpers.SignalAtStep", "+callbacks.ctrl_c.step=2"]
+    ctrl_c = ["+callbacks.ctrl_c._target_=helpers.faults.SignalAtStep", "+callbacks.ctrl_c.step=2"]
     signal_log = logging.getLogger("lightning.pytorch.trainer.connectors.signal_connector")
     signal_log.addHandler(caplog.handler)
     try:

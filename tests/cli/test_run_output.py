@@ -12,8 +12,7 @@ import warnings
 import lightning as L
 import pytest
 import torch
-from helpers.app import TINY
-from helpers.faults import app_env
+from helpers.app import TINY, subprocess_env
 from torch import nn
 
 from sdd_lightning.cli.messages import describe_error, quiet_warnings
@@ -24,7 +23,7 @@ from sdd_lightning.training.callbacks.health import EvalModeCheck
 def sdd_train(args: list[str], preexec_fn=None, **extra_env: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "sdd_lightning.cli.train", *args],
-        env=app_env(**extra_env),
+        env=subprocess_env(**extra_env),
         capture_output=True,
         text=True,
         timeout=400,

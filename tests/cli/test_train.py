@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -13,7 +12,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers.app import TINY, compose_config, read_results, run_app
+from helpers.app import TINY, compose_config, read_results, run_app, subprocess_env
+from helpers.faults import start_app
 from hydra.errors import MissingConfigException
 
 from sdd_lightning.cli.train import train
@@ -138,6 +138,7 @@ def test_multirun_and_summary(tmp_path):
         capture_output=True,
         text=True,
         check=True,
+        env=subprocess_env(),
     )
     assert "| 2 | 0,1 |" in summary.stdout
     assert (sweep / "summary.md").is_file() and (sweep / "summary.csv").is_file()
@@ -156,14 +157,7 @@ def test_ddp_sim_trains_on_two_processes_with_the_same_validation_accuracy(tmp_p
 
 def test_sigterm_saves_last_ckpt_and_the_run_resumes(tmp_path):
     args = [*TINY, "epochs=1000", "data.num_train=512", f"hydra.run.dir={tmp_path}"]
-    env = os.environ | {"WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "sdd_lightning.cli.train", *args],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    process = start_app(args)
     metrics = tmp_path / "csv" / "metrics.csv"
     deadline = time.time() + 120
     while time.time() < deadline and not (metrics.is_file() and metrics.read_text().count("\n") > 3):
@@ -184,7 +178,11 @@ def test_sigterm_saves_last_ckpt_and_the_run_resumes(tmp_path):
 def test_the_console_script_finds_the_config_from_any_folder(tmp_path):
     script = Path(sys.executable).parent / "sdd-train"
     result = subprocess.run(
-        [str(script), "--cfg", "job", "distill=sd_kd"], capture_output=True, text=True, cwd=tmp_path
+        [str(script), "--cfg", "job", "distill=sd_kd"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=subprocess_env(),
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "method: sd_kd" in result.stdout

@@ -1,4 +1,5 @@
-"""Composing the Hydra config of sdd-train inside tests, and running the app in a subprocess."""
+"""Composing the Hydra config of sdd-train inside tests; the one environment of the suite's subprocesses, and
+runs of the app in a subprocess."""
 
 from __future__ import annotations
 
@@ -14,6 +15,9 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
 from sdd_lightning.catalog import CONF_DIR
+
+SRC = Path(__file__).resolve().parents[2] / "src"
+TESTS = Path(__file__).resolve().parents[1]
 
 # A test-sized run: tiny networks, a small synthetic set, one CPU process, no progress bar.
 TINY = [
@@ -41,15 +45,49 @@ def compose_config(overrides: list[str], run_dir: Path | None = None) -> DictCon
     return cfg
 
 
-def run_app(args: list[str], env: dict[str, str] | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+def subprocess_env(*, installed: Path | None = None, **extra: str | None) -> dict[str, str]:
+    """The environment of every subprocess the suite starts: this process's, as a user runs the commands.
+
+    This checkout's ``src`` and ``tests`` come first on ``PYTHONPATH`` (the configs and the subprocesses find
+    ``helpers``); W&B is offline and silent and starts a service of its own (``WANDB_SERVICE`` is set once W&B
+    ran in the test process); one OpenMP thread; unbuffered output; short errors (``SDD_DEBUG=0``, no
+    ``HYDRA_FULL_ERROR``). ``installed``: the folder a wheel was installed into (``pip install --target``); it
+    alone is on ``PYTHONPATH`` and its ``bin`` first on ``PATH``, so nothing can come from the checkout.
+    ``extra`` sets variables; a value ``None`` removes one (``SDD_DEBUG=None``: neither debug variable set).
+    """
+    if installed is None:
+        path = os.pathsep.join(filter(None, [str(SRC), str(TESTS), os.environ.get("PYTHONPATH")]))
+        env = os.environ | {"PYTHONPATH": path}
+    else:
+        env = os.environ | {
+            "PYTHONPATH": str(installed),
+            "PATH": os.pathsep.join([str(installed / "bin"), os.environ["PATH"]]),
+        }
+    env |= {
+        "WANDB_MODE": "offline",
+        "WANDB_SILENT": "true",
+        "PYTHONUNBUFFERED": "1",
+        "OMP_NUM_THREADS": "1",
+        "SDD_DEBUG": "0",
+    }
+    for name in ("HYDRA_FULL_ERROR", "WANDB_SERVICE"):
+        env.pop(name, None)
+    for name, value in extra.items():
+        if value is None:
+            env.pop(name, None)
+        else:
+            env[name] = value
+    return env
+
+
+def run_app(args: list[str], timeout: int = 300, **extra_env: str | None) -> subprocess.CompletedProcess:
     """``python -m sdd_lightning.cli.train <args>`` in a subprocess (needed for DDP and multiruns)."""
-    full_env = os.environ | {"WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "1"}
     return subprocess.run(
         [sys.executable, "-m", "sdd_lightning.cli.train", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
-        env=full_env | (env or {}),
+        env=subprocess_env(**extra_env),
     )
 
 

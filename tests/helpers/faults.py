@@ -15,8 +15,7 @@ from pathlib import Path
 import lightning as L
 import psutil
 
-SRC = str(Path(__file__).resolve().parents[2] / "src")
-TESTS = str(Path(__file__).resolve().parents[1])
+from helpers.app import subprocess_env
 
 
 class FailAtStep(L.Callback):
@@ -42,20 +41,15 @@ class SignalAtStep(L.Callback):
             os.kill(os.getpid(), self.signum)
 
 
-def app_env(**extra: str) -> dict[str, str]:
-    """The environment of an ``sdd-train`` subprocess: this checkout's sources, offline W&B, short errors."""
-    path = os.pathsep.join([SRC, TESTS, os.environ.get("PYTHONPATH", "")])
-    env = os.environ | {"PYTHONPATH": path, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONUNBUFFERED": "1"}
-    env.pop("HYDRA_FULL_ERROR", None)
-    env.pop("WANDB_SERVICE", None)  # set once W&B ran in the test process; a run must start its own service
-    return env | {"SDD_DEBUG": "0", "OMP_NUM_THREADS": "1"} | extra
+# The old name of ``helpers.app.subprocess_env``, still imported by the eval and export tests.
+app_env = subprocess_env
 
 
 def start_app(args: list[str], **extra_env: str) -> subprocess.Popen:
     """``python -m sdd_lightning.cli.train <args>`` in the background, stdout and stderr together."""
     return subprocess.Popen(
         [sys.executable, "-m", "sdd_lightning.cli.train", *args],
-        env=app_env(**extra_env),
+        env=subprocess_env(**extra_env),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

@@ -1,5 +1,7 @@
-"""Callbacks that tests add to an ``sdd-train`` run (``+callbacks.probe._target_=helpers.probes.<Name>``) to see
-inside it."""
+"""Callbacks that tests add to an ``sdd-train`` run to see inside it.
+
+A run names one by ``+callbacks.probe._target_=helpers.probes.<Name>``.
+"""
 
 from __future__ import annotations
 

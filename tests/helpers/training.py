@@ -32,8 +32,13 @@ class SmallNet(nn.Module):
         return self.classifier(self.forward_features(x).mean((2, 3)))
 
 
-def quiet_trainer(tmp_path, **kwargs) -> L.Trainer:
-    """A one-epoch CPU ``Trainer`` that writes no logs, checkpoints, progress bar or summary; ``kwargs`` override."""
+def quiet_trainer(tmp_path=None, **kwargs) -> L.Trainer:
+    """A one-epoch CPU ``Trainer`` that writes no logs, checkpoints, progress bar or summary.
+
+    ``tmp_path``: its root folder (``None``, Lightning's default, for a trainer that is only attached to a module
+    and never fits). ``kwargs`` override any ``lightning.Trainer`` argument: ``max_epochs``, ``max_steps``,
+    ``precision``, ``callbacks``, ``logger``, ``enable_checkpointing``, ``devices``, ``strategy``, ...
+    """
     defaults = dict(
         default_root_dir=tmp_path,
         max_epochs=1,

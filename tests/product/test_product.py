@@ -10,13 +10,13 @@ stderr lines without a traceback, nothing printed that was not asked for, and th
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from helpers.app import subprocess_env
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = [
@@ -46,15 +46,7 @@ class Installed:
 
     def __init__(self, target: Path, cwd: Path) -> None:
         self.target, self.cwd = target, cwd
-        self.env = os.environ | {
-            "PYTHONPATH": str(target),
-            "PATH": os.pathsep.join([str(target / "bin"), os.environ["PATH"]]),
-            "WANDB_MODE": "offline",
-            "WANDB_SILENT": "true",
-            "OMP_NUM_THREADS": "1",
-        }
-        for name in ("HYDRA_FULL_ERROR", "SDD_DEBUG", "WANDB_SERVICE"):
-            self.env.pop(name, None)
+        self.env = subprocess_env(installed=target, SDD_DEBUG=None)  # only the wheel; no debug switch, as users run
 
     def run(self, script: str, *args: str, timeout: int = 240) -> subprocess.CompletedProcess:
         return subprocess.run(

@@ -54,6 +54,17 @@ def _single_run(args: list[str], root: Path) -> list[str]:
 
 
 COMMANDS = _commands()
+# (teacher, student) of each pair or teacher experiment the README's commands name: res32x4_shv1 is a
+# ResNet32x4 teacher and a ShuffleV1 student, teacher_resnet32x4 trains a ResNet32x4 alone.
+NETWORKS = {
+    "cifar100/res32x4_shv1": ("resnet32x4", "ShuffleV1"),
+    "cifar100/res32x4_res8x4": ("resnet32x4", "resnet8x4"),
+    "cifar100/teacher_resnet32x4": (None, "resnet32x4"),
+    "cub200/res32x4_shv1": ("resnet32x4", "ShuffleV1"),
+    "cub200/teacher_resnet32x4": (None, "resnet32x4"),
+    "imagenet/res34_res18": ("imagenet_resnet34", "imagenet_resnet18"),
+    "imagenet/res50_mv1": ("imagenet_resnet50", "MobileNetV1"),
+}
 
 
 def test_the_readme_gives_commands():
@@ -66,8 +77,18 @@ def test_readme_command_composes(args, files, tmp_path):
     for path, text in files.items():  # what the README's block writes before it runs sdd-train
         (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / path).write_text(text)
-    cfg = compose_config(_single_run(args, tmp_path))
-    assert cfg.student.arch is not None
+    overrides = _single_run(args, tmp_path)
+    cfg = compose_config(overrides)
+    choices = cfg.hydra.runtime.choices
+    for override in overrides:  # every group option the command names is the one composed
+        key, _, value = override.partition("=")
+        if (CONF_DIR / key).is_dir():
+            assert choices[key] == value, (key, choices[key], value)
+    named = choices.get("pair") or choices.get("experiment")  # a user's experiment names its pair
+    if named is None:  # no pair: the command names both networks
+        assert f"student.arch={cfg.student.arch}" in args and f"teacher.arch={cfg.teacher.arch}" in args
+    else:
+        assert (cfg.teacher.arch, cfg.student.arch) == NETWORKS[named]
     for text in files.values():  # the user's experiment file was found and applied
         assert cfg.task_name == yaml.safe_load(text)["task_name"]
     for arg in args:  # every plain value the command sets is the composed one

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers.faults import app_env
+from helpers.app import subprocess_env
 
 from sdd_lightning.cli.summary import main
 from sdd_lightning.errors import SummaryError
@@ -353,8 +353,7 @@ def test_console_script_exits_0_quietly_and_2_with_two_lines(tmp_path):
         "import sys; from sdd_lightning.cli.summary import main; sys.exit(main())",
         str(sweep),
     ]
-    env = app_env()
-    env.pop("SDD_DEBUG")  # as most users run it
+    env = subprocess_env(SDD_DEBUG=None)  # as most users run it
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0 and done.stderr == "" and "3 runs; written to" in done.stdout
     (sweep / "summary.csv").unlink()

@@ -14,8 +14,8 @@ import sys
 import psutil
 import pytest
 import torch
-from helpers.app import TINY
-from helpers.faults import app_env, kill_tree, start_app, wait_for
+from helpers.app import TINY, subprocess_env
+from helpers.faults import kill_tree, start_app, wait_for
 
 # 512 images, 64 per batch and per process, two processes: 4 steps per epoch
 DDP = [*TINY, "trainer=ddp_sim", "data.num_train=512"]
@@ -51,7 +51,7 @@ def _start_and_wait_for_an_epoch(tmp_path, *extra: str) -> tuple[subprocess.Pope
 def _resume(tmp_path, epochs: int) -> dict:
     resumed = subprocess.run(
         [sys.executable, "-m", "sdd_lightning.cli.train", *DDP, f"epochs={epochs}", f"hydra.run.dir={tmp_path}"],
-        env=app_env(),
+        env=subprocess_env(),
         capture_output=True,
         text=True,
         timeout=2 * DEADLINE,

@@ -13,7 +13,7 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers.training import SmallNet
+from helpers.training import SmallNet, quiet_trainer
 
 from sdd_lightning.method.losses import BASE_LOSSES, sdd_loss
 from sdd_lightning.training.module import DistillationModule
@@ -46,13 +46,7 @@ def _distiller(**kwargs) -> DistillationModule:
 
 
 def _bare_trainer() -> L.Trainer:
-    return L.Trainer(
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    return quiet_trainer(max_epochs=None)  # Lightning's default; it never fits
 
 
 def _set_epoch(module: DistillationModule, trainer: L.Trainer, epoch: int) -> None:
@@ -131,16 +125,7 @@ def test_warmup_follows_lightnings_epochs_in_a_fit(tmp_path):
     module.logged = {}
     x, y = _batch()
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=len(x))
-    L.Trainer(
-        default_root_dir=tmp_path,
-        accelerator="cpu",
-        max_epochs=21,
-        limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    ).fit(module, loader)
+    quiet_trainer(tmp_path, max_epochs=21, limit_val_batches=0).fit(module, loader)
     assert sorted(module.logged) == list(range(21))
     applied = {
         epoch: _applied_distillation_weight(module, logged["train/loss"], logged)

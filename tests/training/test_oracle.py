@@ -27,6 +27,7 @@ import lightning as L
 import pytest
 import torch
 from helpers import oracle_rules as rules
+from helpers.training import quiet_trainer
 
 from sdd_lightning.builders import build_module
 from sdd_lightning.catalog import compose_setting
@@ -105,13 +106,7 @@ class _SharedTeacherPass:
 
 def _bare_trainer(epoch: int) -> L.Trainer:
     """A trainer as Lightning's fit loop is during training epoch ``epoch`` (counted from 0)."""
-    trainer = L.Trainer(
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    trainer = quiet_trainer(max_epochs=None)  # Lightning's default; it never fits
     trainer.fit_loop.epoch_progress.current.completed = epoch
     return trainer
 

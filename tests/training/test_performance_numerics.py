@@ -8,6 +8,7 @@
 import lightning as L
 import pytest
 import torch
+from helpers.training import quiet_trainer
 
 from sdd_lightning.method.losses import BASE_LOSSES
 from sdd_lightning.models import build_model
@@ -66,17 +67,8 @@ def _first_step_loss(precision, tmp_path, **kwargs):
 
     x, y = _batch(16)
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=8)
-    trainer = L.Trainer(
-        default_root_dir=tmp_path,
-        accelerator="cpu",
-        precision=precision,
-        max_steps=1,
-        limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[Record()],
+    trainer = quiet_trainer(
+        tmp_path, precision=precision, max_epochs=None, max_steps=1, limit_val_batches=0, callbacks=[Record()]
     )
     trainer.fit(_module(**kwargs), loader)
     return losses[0]

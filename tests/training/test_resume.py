@@ -12,8 +12,8 @@ import textwrap
 
 import pytest
 import torch
-from helpers.app import TINY, compose_config, read_results
-from helpers.faults import app_env, completed_epochs, csv_rows, start_app, wait_for
+from helpers.app import TINY, compose_config, read_results, subprocess_env
+from helpers.faults import completed_epochs, csv_rows, start_app, wait_for
 from helpers.wandb_records import history
 from lightning.pytorch.callbacks import ModelCheckpoint
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -116,7 +116,7 @@ def test_sigterm_and_resume_keep_the_history_of_every_logger(tmp_path):
 
     resumed = subprocess.run(
         [sys.executable, "-m", "sdd_lightning.cli.train", *args, f"epochs={stopped['epoch'] + 2}"],
-        env=app_env(),
+        env=subprocess_env(),
         capture_output=True,
         text=True,
         timeout=400,
@@ -228,7 +228,7 @@ def test_a_writer_killed_mid_checkpoint_leaves_last_ckpt_intact_and_the_next_run
     train(compose_config([*TINY, "epochs=1"], tmp_path))
     last = tmp_path / "checkpoints" / "last.ckpt"
     started = tmp_path / "started"
-    writer = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(last), str(started)], env=app_env())
+    writer = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(last), str(started)], env=subprocess_env())
     wait_for(started.exists, writer, timeout=120, what="the checkpoint write")
     writer.send_signal(signal.SIGKILL)
     writer.wait(timeout=60)
@@ -239,7 +239,7 @@ def test_a_writer_killed_mid_checkpoint_leaves_last_ckpt_intact_and_the_next_run
 
 
 def test_a_failure_mid_epoch_leaves_the_last_good_checkpoint(tmp_path):
-    fail = ["+callbacks.fail._target_=fault_helpers.FailAtStep", "+callbacks.fail.step=6"]
+    fail = ["+callbacks.fail._target_=helpers.faults.FailAtStep", "+callbacks.fail.step=6"]
     train(compose_config([*TINY, "epochs=1"], tmp_path))  # last.ckpt at step 4 (end of epoch 0)
     with pytest.raises(RuntimeError, match="injected failure"):
         train(compose_config([*TINY, "epochs=3", *fail], tmp_path))

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers.app import TINY, compose_config, read_results
+from helpers.app import TINY, compose_config, read_results, subprocess_env
 
 from sdd_lightning.builders import expected_teacher_acc1
 from sdd_lightning.cli.train import train
@@ -61,6 +61,7 @@ def test_the_expected_accuracy_comes_from_the_model_card(teacher, tmp_path):
         [sys.executable, "-m", "sdd_lightning.cli.export", str(teacher), "--output-dir", str(tmp_path / "exported")],
         capture_output=True,
         text=True,
+        env=subprocess_env(),
     )
     assert export.returncode == 0, export.stderr[-2000:]
     weights = next((tmp_path / "exported").glob("*.safetensors"))
