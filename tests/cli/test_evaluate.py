@@ -16,8 +16,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from helpers.app import TINY, compose_config, read_results
-from helpers.faults import app_env
+from helpers.app import TINY, compose_config, read_results, subprocess_env
 from helpers.fixtures import write_image_folder
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
@@ -270,7 +269,7 @@ def test_console_script_fails_without_a_traceback(runs, tmp_path):
     path = damaged(tmp_path, runs)["random"]
     wrapper = "import sys; from sdd_lightning.cli.evaluate import main; sys.exit(main())"
     command = [sys.executable, "-c", wrapper, str(path), "--arch", "small_cnn", *SYNTHETIC]
-    bad = subprocess.run(command, capture_output=True, text=True, env=app_env(), timeout=300)
+    bad = subprocess.run(command, capture_output=True, text=True, env=subprocess_env(), timeout=300)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and not bad.stdout
     assert bad.stderr.startswith("sdd-eval: error: checkpoint") and "not a PyTorch checkpoint" in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1

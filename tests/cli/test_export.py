@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers.app import TINY, compose_config, read_results
-from helpers.faults import app_env
+from helpers.app import TINY, compose_config, read_results, subprocess_env
 from omegaconf import OmegaConf
 from safetensors import safe_open
 
@@ -227,6 +226,6 @@ def test_console_script_exits_0_and_prints_only_its_result(run, tmp_path):
     """As the generated ``sdd-export`` wrapper runs it: ``sys.exit(main())``."""
     command = "import sys; from sdd_lightning.cli.export import main; sys.exit(main())"
     args = [str(run), "--output-dir", str(tmp_path), "--no-measure"]
-    done = subprocess.run([sys.executable, "-c", command, *args], capture_output=True, text=True, env=app_env())
+    done = subprocess.run([sys.executable, "-c", command, *args], capture_output=True, text=True, env=subprocess_env())
     assert done.returncode == 0 and done.stderr == "", done.stderr
     assert done.stdout.count("sha256") == 2 and "accuracy not measured" in done.stdout

@@ -134,7 +134,7 @@ def test_multirun_and_summary(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert sorted(p.parent.name for p in sweep.rglob("results.json")) == ["0", "1"]
     summary = subprocess.run(
-        [sys.executable, "-m", "sdd_lightning.reporting.summary", str(sweep)],
+        [sys.executable, "-m", "sdd_lightning.cli.summary", str(sweep)],
         capture_output=True,
         text=True,
         check=True,

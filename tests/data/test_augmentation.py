@@ -23,6 +23,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from helpers.fixtures import cifar_split_dict, write_pickle
+from helpers.training import quiet_trainer
 from torch import nn
 
 from sdd_lightning.data import Cifar100DataModule
@@ -249,15 +250,7 @@ def test_device_resident_epochs_differ_under_the_lightning_trainer(cifar_root):
     """The epoch the device-resident loader seeds its draws with comes from the fit loop."""
     dm = Cifar100DataModule(cifar_root, batch_size=BATCH, device_resident=True, seed=0)
     model = _Recorder()
-    L.Trainer(
-        accelerator="cpu",
-        max_epochs=3,
-        limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    ).fit(model, datamodule=dm)
+    quiet_trainer(None, max_epochs=3, limit_val_batches=0).fit(model, datamodule=dm)
     assert_fresh_draws(
         [
             _cat([_with_labels(decode(x, 4), y, dm.train_data[1]) for e, x, y in model.batches if e == epoch])

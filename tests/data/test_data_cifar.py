@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from helpers.fixtures import cifar_split_dict, write_cifar100, write_pickle
+from helpers.training import quiet_trainer
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, SequentialSampler
 from torchvision.datasets import utils as tv_utils
@@ -241,17 +242,7 @@ class _TinyClassifier(L.LightningModule):
 def test_device_resident_under_lightning_trainer(cifar_root):
     dm = Cifar100DataModule(cifar_root, batch_size=16, device_resident=True, seed=0)
     model = _TinyClassifier()
-    trainer = L.Trainer(
-        accelerator="cpu",
-        devices=1,
-        max_epochs=2,
-        limit_train_batches=2,
-        limit_val_batches=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    trainer = quiet_trainer(None, devices=1, max_epochs=2, limit_train_batches=2, limit_val_batches=1)
     trainer.fit(model, datamodule=dm)
     assert [epoch for epoch, _ in model.seen] == [0, 0, 1, 1]
     # Lightning set the epoch of the loader's sampler: epoch 1's order is the sampler's order for epoch 1

@@ -41,10 +41,6 @@ class SignalAtStep(L.Callback):
             os.kill(os.getpid(), self.signum)
 
 
-# The old name of ``helpers.app.subprocess_env``, still imported by the eval and export tests.
-app_env = subprocess_env
-
-
 def start_app(args: list[str], **extra_env: str) -> subprocess.Popen:
     """``python -m sdd_lightning.cli.train <args>`` in the background, stdout and stderr together."""
     return subprocess.Popen(

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from helpers.training import quiet_trainer
 from torch import nn
 
 from sdd_lightning.errors import CheckpointMismatchError, UnsafeCheckpointError
@@ -93,7 +94,6 @@ def test_lightning_style_checkpoint_takes_the_student_or_the_asked_prefix(tmp_pa
 
 def test_lightning_checkpoint_of_this_package_modules(tmp_path):
     """A real checkpoint written by Lightning for a ClassificationModule (``model.*`` keys, optimiser, scheduler)."""
-    import lightning as L
 
     from sdd_lightning.training.module import ClassificationModule
 
@@ -106,15 +106,7 @@ def test_lightning_checkpoint_of_this_package_modules(tmp_path):
         scheduler=partial(torch.optim.lr_scheduler.MultiStepLR, milestones=[150, 180]),
     )
     data = torch.utils.data.TensorDataset(torch.randn(8, 3, 16, 16), torch.randint(0, 10, (8,)))
-    trainer = L.Trainer(
-        max_steps=2,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-    )
+    trainer = quiet_trainer(tmp_path, max_steps=2, max_epochs=None, limit_val_batches=0)
     trainer.fit(module, torch.utils.data.DataLoader(data, batch_size=4))
     path = tmp_path / "last.ckpt"
     trainer.save_checkpoint(path)

@@ -1,8 +1,7 @@
-import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers.training import SmallNet
+from helpers.training import SmallNet, quiet_trainer
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -128,15 +127,10 @@ def _module(fold: bool) -> DistillationModule:
 
 
 def _trainer(tmp_path, **kwargs):
-    defaults = dict(
-        default_root_dir=tmp_path,
-        accelerator="cpu",
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
+    # Lightning's defaults for what the tests do not set: checkpointing on, no epoch limit
+    return quiet_trainer(
+        tmp_path, **({"enable_checkpointing": True, "max_epochs": None, "limit_val_batches": 0} | kwargs)
     )
-    return L.Trainer(**(defaults | kwargs))
 
 
 def test_module_folds_the_teacher_exactly():

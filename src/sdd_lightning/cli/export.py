@@ -54,6 +54,7 @@ from sdd_lightning.cli.sources import (
     split_inputs,
     writing,
 )
+from sdd_lightning.data import datamodule_name
 from sdd_lightning.errors import EvalError
 from sdd_lightning.reporting.model_card import CARD_FORMAT, CARD_VERSION, find_model_card, write_atomically
 
@@ -108,7 +109,8 @@ def _state_dict(model: torch.nn.Module, dtype: torch.dtype) -> dict[str, torch.T
 
 
 def _data_name(target: str) -> str:
-    return target.rsplit(".", 1)[-1].removesuffix("DataModule").lower()
+    """The data set's name: the one its data module gives itself, else the class name without "DataModule"."""
+    return datamodule_name(target) or target.rsplit(".", 1)[-1].removesuffix("DataModule").lower()
 
 
 def _default_name(spec: NetworkSpec, data_target: str, run: Run | None, dtype: str) -> str:
