@@ -23,19 +23,20 @@ Registered names (``available_models()`` lists them):
 How a network gets here: its constructor (a function or class taking ``num_classes``) is decorated where it
 is defined, ``@register_model(family="cifar")`` (registered under its own ``__name__``) or
 ``@register_model("MobileNetV2", family="cifar")`` (under another name); a second constructor under a
-taken name is refused with a ``ValueError``. The registry itself holds no table of names. It imports the
-zoo modules listed in :data:`ZOO_MODULES` before each look-up, so their decorators have run whichever module the
-caller imported first, and lists names in that order of modules, then in the order of definition. A new
-architecture is one file under ``models/`` that decorates its constructors, its module's name added to
-``ZOO_MODULES`` (``tests/models/test_registration.py`` fails, naming the module, when it is missing), and
-the configs that use it (``student.arch`` / ``teacher.arch`` in a ``conf/pair/`` file). A network registered
-from another package is buildable by name once its module has been imported, and is listed after the zoo.
+taken name is refused with a ``ValueError``. The registry itself holds no table of names. Before its first
+look-up it imports every module under ``sdd_lightning.models`` (``pkgutil``), so their decorators have run
+whichever module the caller imported first. A new architecture is one file under ``models/`` that decorates its
+constructors, and the configs that use it (``student.arch`` / ``teacher.arch`` in a ``conf/pair/`` file).
+Names are listed in the order of :data:`ZOO_MODULES` (the built-in zoo's order), then any other module's, each
+in the order of definition. A network registered from another package is buildable by name once its module
+has been imported, and is listed after the zoo.
 """
 
 from __future__ import annotations
 
 import difflib
 import importlib
+import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -60,8 +61,22 @@ ZOO_MODULES = (
     "imagenet.mobilenetv1",
     "tiny",
 )
-"""The modules (relative to ``sdd_lightning.models``) whose decorated constructors make up the zoo, in the
-order :func:`available_models` lists their names."""
+"""The built-in zoo's modules (relative to ``sdd_lightning.models``), in the order :func:`available_models` lists
+their names; a module not listed here is found all the same, and listed after these."""
+
+
+_discovered = False
+
+
+def _import_zoo() -> None:
+    """Imports every module of ``sdd_lightning.models`` once, so that every decorated constructor is registered."""
+    global _discovered
+    if _discovered:
+        return
+    package = importlib.import_module(__package__)
+    for module in pkgutil.walk_packages(package.__path__, prefix=f"{__package__}."):
+        importlib.import_module(module.name)
+    _discovered = True
 
 
 @dataclass(frozen=True)
@@ -127,8 +142,7 @@ def _qualified(builder: Callable[..., Any]) -> str:
 
 def _registered() -> dict[str, ModelSpec]:
     """The registry in listing order (:data:`ZOO_MODULES`, then definition), the zoo imported first."""
-    for module in ZOO_MODULES:
-        importlib.import_module(f"{__package__}.{module}")
+    _import_zoo()
     rank = {f"{__package__}.{module}": index for index, module in enumerate(ZOO_MODULES)}
     ordered = sorted(_REGISTRY.values(), key=lambda spec: rank.get(spec.builder.__module__, len(rank)))
     return {spec.name: spec for spec in ordered}
