@@ -98,6 +98,16 @@ def test_the_installed_package_is_the_wheel_and_holds_its_configs(installed):
     assert len(list(Path(where[1]).rglob("*.yaml"))) == len(list((ROOT / "src/sdd_lightning/conf").rglob("*.yaml")))
 
 
+def test_the_wheel_ships_the_library_by_role_and_no_campaign_tooling(installed):
+    package = installed.target / "sdd_lightning"
+    folders = {p.name for p in package.iterdir() if p.is_dir() and p.name != "__pycache__"}
+    assert folders == {"method", "models", "data", "training", "cli", "reporting", "conf"}
+    assert len(list(package.glob("*.py"))) <= 8
+    shipped = {p.relative_to(installed.target).parts[0] for p in installed.target.iterdir()}
+    assert not {"campaign", "tools", "tests", "reproduction"} & shipped
+    assert not list(package.rglob("*ledger*")) and not list(package.rglob("*lease*"))
+
+
 @pytest.fixture(scope="module")
 def user_run(installed) -> Path:
     """A user's own experiment file, outside the package, run with ``sdd-train --config-dir``."""
