@@ -217,3 +217,13 @@ def test_a_feature_map_term_trains_through_sdd_train_and_is_logged_in_metrics_cs
         assert math.isfinite(hint) and hint > 0
         # the logged loss is the weighted sum of the logged terms, the hint among them
         assert loss == pytest.approx(hparams["ce_weight"] * ce + hparams["kd_weight"] * kd + hint, rel=1e-5)
+
+
+def test_the_worked_example_in_the_docs_is_the_tested_class():
+    """docs/extending.md lists FitNetHint; the listing is this class, line for line, so the tested code is the one
+    users read."""
+    text = (TESTS.parent / "docs" / "extending.md").read_text()
+    listings = [block.split("\n", 1)[1] for block in text.split("```")[1::2] if block.startswith("python\n")]
+    (listing,) = [block for block in listings if "class FitNetHint" in block]
+    assert inspect.getsource(FitNetHint) in listing
+    assert "distill._target_=helpers.extensions.FitNetHint" in text and "train/loss_hint" in text
