@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from helpers.app import TINY, compose_config, read_results, run_app
 from helpers.extensions import FitNetHint
-from helpers.training import SmallNet
+from helpers.training import SmallNet, quiet_trainer
+from torch.utils.data import DataLoader, TensorDataset
 
 from sdd_lightning.builders import build_module
 from sdd_lightning.cli.train import train
@@ -227,3 +228,34 @@ def test_the_worked_example_in_the_docs_is_the_tested_class():
     (listing,) = [block for block in listings if "class FitNetHint" in block]
     assert inspect.getsource(FitNetHint) in listing
     assert "distill._target_=helpers.extensions.FitNetHint" in text and "train/loss_hint" in text
+
+
+class _MoreParts(DistillationModule):
+    """Adds a diagnostic and two per-scale values to compute_loss's parts, the step unchanged."""
+
+    def compute_loss(self, student_global, student_local, teacher_local, y):
+        loss, parts = super().compute_loss(student_global, student_local, teacher_local, y)
+        ones = torch.ones(student_local.shape[:2])  # (B, R)
+        parts.diagnostics["two"] = torch.tensor(2.0)
+        parts.per_scale["one"] = self._per_scale(ones.sum(0))  # every scale: mean 1 per sample and region
+        parts.per_scale["three_local"] = 3 * self._per_scale(ones.sum(0))[1:]  # the local scales only
+        return loss, parts
+
+
+def test_every_part_a_subclass_adds_is_logged_per_scale_too(tmp_path):
+    torch.manual_seed(0)
+    module = _MoreParts(SmallNet(width=4), SmallNet(width=8), num_classes=10, scales=(1, 2, 4))
+    g = torch.Generator().manual_seed(0)
+    data = TensorDataset(torch.randn(20, 3, 8, 8, generator=g), torch.randint(0, 10, (20,), generator=g))
+    trainer = quiet_trainer(tmp_path, limit_val_batches=0)
+    trainer.fit(module, DataLoader(data, batch_size=8))  # batches of 8, 8 and 4
+    logged = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")}
+    assert logged["train/two"] == 2.0
+    assert {k: v for k, v in logged.items() if k.startswith(("train/one_", "train/three_"))} == {
+        "train/one_scale1": 1.0,
+        "train/one_scale2": 1.0,
+        "train/one_scale4": 1.0,
+        "train/three_local_scale2": 3.0,
+        "train/three_local_scale4": 3.0,
+    }
+    assert {"train/loss_ce", "train/loss_kd", "train/complementary_fraction", "train/loss_kd_scale4"} <= set(logged)
