@@ -145,8 +145,8 @@ def float16_effect(spreads: tuple[float, ...] = (1.0, 10.0)) -> list[tuple[float
     for spread in spreads:
         teacher = untrained * (spread / untrained.std())
         rounded = teacher.half().float()
-        exact = module.compute_loss(student_global, student_local, teacher, y)[1]["loss_kd"]
-        half = module.compute_loss(student_global, student_local, rounded, y)[1]["loss_kd"]
+        exact = module.compute_loss(student_global, student_local, teacher, y)[1].terms["loss_kd"]
+        half = module.compute_loss(student_global, student_local, rounded, y)[1].terms["loss_kd"]
         relative = ((rounded - teacher).abs() / teacher.abs().clamp(min=1e-6)).max()
         results.append((spread, float(relative), float((half - exact).abs() / exact)))
     return results

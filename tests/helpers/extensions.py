@@ -1,17 +1,22 @@
-"""What a user brings from outside the library: a network without the interface, a module subclass, a base loss.
+"""What a user brings from outside the library: a network without the interface, module subclasses, a base loss.
 
 The tests run them through ``sdd-train`` by name (``student.arch=helpers.extensions.PlainNet``,
-``distill._target_=helpers.extensions.PlainPairDistillation``, ``loss=scaled_l1`` with ``tests/conf`` on Hydra's
-search path), as a user's own package would be.
+``distill._target_=helpers.extensions.PlainPairDistillation``, ``distill._target_=helpers.extensions.FitNetHint``,
+``loss=scaled_l1`` with ``tests/conf`` on Hydra's search path), as a user's own package would be.
+``FitNetHint`` is the worked example of ``docs/extending.md``, line for line.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from sdd_lightning import DistillationModule
 from sdd_lightning.method.losses import PerSampleLoss
-from sdd_lightning.training.module import DistillationModule
+from sdd_lightning.models.interface import get_classifier
 
 
 class PlainNet(nn.Module):
@@ -54,3 +59,26 @@ class ScaledL1Loss(PerSampleLoss):
 
     def __call__(self, student_logits, teacher_logits, target=None):
         return self.scale * (student_logits - teacher_logits.detach()).abs().sum(-1)
+
+
+class FitNetHint(DistillationModule):
+    """SDD plus a FitNet-style hint: the student's final feature map, mapped onto the teacher's channels by a
+    1x1 convolution, is pulled towards the teacher's map (mean squared error, weighted by ``hint_weight``)."""
+
+    def __init__(self, *args, hint_weight: float = 1.0, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.hint_weight = hint_weight
+        # a classifier's in_features is the channel count of the map it pools
+        student_channels = get_classifier(self.student).in_features
+        teacher_channels = get_classifier(self.teacher).in_features
+        self.regressor = nn.Conv2d(student_channels, teacher_channels, kernel_size=1, bias=False)
+
+    def trainable_parameters(self) -> Iterator[nn.Parameter]:
+        yield from self.student.parameters()
+        yield from self.regressor.parameters()  # trained with the student, discarded after
+
+    def extra_terms(self, student_map, teacher_map, batch):
+        if teacher_map is None:
+            raise ValueError("FitNetHint needs the teacher's feature map: run it without teacher.cache_dir")
+        hint = F.mse_loss(self.regressor(student_map), teacher_map)
+        return {"loss_hint": self.hint_weight * hint}

@@ -59,7 +59,7 @@ def test_global_scale_gives_exactly_plain_kd():
     logits_s, logits_t = module.student(x), module.teacher(x)
     expected = 0.1 * F.cross_entropy(logits_s, y) + 0.9 * kd_loss(logits_s, logits_t, temperature=4.0).mean()
     torch.testing.assert_close(loss, expected, rtol=1e-6, atol=1e-7)
-    assert parts["complementary_fraction"] == 0
+    assert parts.diagnostics["complementary_fraction"] == 0
 
 
 @pytest.mark.parametrize(
@@ -73,7 +73,7 @@ def test_the_loss_is_computed_in_at_least_fp32_and_float64_stays_float64(dtype, 
     student_global, student_local = module.student_logits(x)
     _, teacher_local = module.teacher_logits(x)
     loss, parts = module.compute_loss(student_global.to(dtype), student_local.to(dtype), teacher_local.to(dtype), y)
-    assert loss.dtype == parts["loss_ce"].dtype == parts["loss_kd"].dtype == loss_dtype
+    assert loss.dtype == parts.terms["loss_ce"].dtype == parts.terms["loss_kd"].dtype == loss_dtype
 
 
 def test_region_zero_is_the_student_output():
@@ -151,5 +151,5 @@ def test_hierarchical_pooling_keeps_cross_entropy_and_accuracy_on_the_true_globa
     torch.testing.assert_close(student_global, module.student(x))
     assert (student_local[:, 0] - student_global).abs().max() > 1e-4
     _, parts = module.compute_loss(student_global, student_local, module.teacher_logits(x)[1], y)
-    torch.testing.assert_close(parts["loss_ce"], F.cross_entropy(module.student(x), y))
+    torch.testing.assert_close(parts.terms["loss_ce"], F.cross_entropy(module.student(x), y))
     torch.testing.assert_close(module.evaluation_logits(x), module.student(x))

@@ -165,7 +165,7 @@ def test_a_distillation_fit_logs_each_part_and_each_scale_of_its_loss(tmp_path):
     mean = lambda values: torch.stack(values).mean()  # noqa: E731 (equal batches: the epoch mean)
     _assert_logged(logged, "train/loss", mean([loss for loss, _, _ in parts]))
     for name in ("loss_ce", "loss_kd", "complementary_fraction"):
-        _assert_logged(logged, f"train/{name}", mean([part[name] for _, part, _ in parts]))
+        _assert_logged(logged, f"train/{name}", mean([(part.terms | part.diagnostics)[name] for _, part, _ in parts]))
     per_region = torch.cat([out.per_region for _, _, out in parts])  # (48, 5)
     complementary = torch.cat([out.complementary for _, _, out in parts]).float()
     _assert_logged(logged, "train/loss_kd_scale1", per_region[:, 0].mean())

@@ -5,11 +5,18 @@
 
     loss = ce_weight * CE(student global logits, y) + kd_weight * warmup(epoch) * L_SDD
 
-Lightning owns the loop; the modules own optimisation, metrics and logging. The training step does no host
-reads: what it logs (the loss and its parts, per scale too) is summed on the device and logged once per epoch.
-A new teacher-student pair whose networks do not follow the ``forward_features`` / ``get_classifier`` interface
-is brought in by overriding ``student_features`` and ``teacher_features``; ``sdd-train`` runs such a subclass
-with ``distill._target_=my_package.MyDistillation``.
+Lightning owns the loop; the modules own optimisation, metrics and logging. The loss comes with its named parts
+(:class:`LossParts`: the terms summed into it, diagnostics, values per scale) and the training step logs every
+one it gets as ``train/<name>``. It does no host reads: the values are summed on the device and logged once per
+epoch.
+
+Subclasses extend the step without copying it (``sdd-train`` runs one with
+``distill._target_=my_package.MyDistillation``; ``docs/extending.md`` has a worked example):
+
+- ``student_features`` / ``teacher_features``: a pair whose networks do not follow the ``forward_features`` /
+  ``get_classifier`` interface;
+- ``extra_terms``: loss terms computed from the two final feature maps (e.g. a FitNet-style hint), added to the
+  loss and logged under their names.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Sequence
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 
 import lightning as L
 import numpy as np
@@ -34,7 +41,7 @@ from sdd_lightning.models.fold_bn import fold_batchnorm
 from sdd_lightning.models.interface import get_classifier
 from sdd_lightning.training.teacher_cache import TeacherViewCache, state_dict_hash
 
-__all__ = ["ClassificationModule", "DistillationModule", "TeacherCheckError", "warmup_factor"]
+__all__ = ["ClassificationModule", "DistillationModule", "LossParts", "TeacherCheckError", "warmup_factor"]
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]
@@ -66,6 +73,32 @@ def _check_number(name: str, value: Any, *, minimum: float = 0.0) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < minimum:
         raise ValueError(f"{name} must be a finite number >= {minimum:g}, got {value!r}")
     return float(value)
+
+
+class LossParts(NamedTuple):
+    """The named parts of a training step's loss, as :meth:`DistillationModule.compute_loss` returns them.
+
+    The step logs every entry: the terms and the diagnostics as ``train/<name>``, the values per scale as
+    ``train/<name>_scale<side>``; each is the mean over the epoch's steps (per scale: over its samples and regions).
+    ``loss == sum(weights[name] * terms[name] for name in terms)``. The dicts are the step's own: a subclass may
+    add to them before they are logged.
+    """
+
+    terms: dict[str, torch.Tensor]
+    """The scalars summed into the loss, by name, each before its weight and detached (``loss_ce``, ``loss_kd``,
+    and the values of :meth:`DistillationModule.extra_terms`)."""
+    weights: dict[str, float]
+    """The weight each term entered the loss with in this step (for ``loss_kd``, the warm-up included)."""
+    diagnostics: dict[str, torch.Tensor]
+    """Scalars that are not in the loss but worth watching (``complementary_fraction``)."""
+    per_scale: dict[str, torch.Tensor]
+    """Per-region values summed over the batch and over the regions of each scale, ``(S,)`` for the head's S
+    scales. An entry with ``n < S`` values covers the last ``n`` scales: ``complementary_fraction`` has none for
+    scale 1 (the global region is never complementary)."""
+
+
+_RESERVED_NAMES = frozenset({"loss", "acc1", "teacher_cache_hit_rate"})
+"""Names the step logs under ``train/`` of its own: an extra term may not take them."""
 
 
 class _EpochSums:
@@ -355,6 +388,18 @@ class DistillationModule(ClassificationModule):
         feature_map, classifier = self.teacher_features(x)
         return self.head.logits(feature_map, classifier)
 
+    @torch.no_grad()
+    def _teacher_outputs(self, x: torch.Tensor, views: torch.Tensor | None) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """The teacher's final feature map and local logits of a training batch.
+
+        With the view cache (``teacher_cache_dir``) the local logits are read from it and there is no map
+        (``None``): the teacher runs, if at all, on the batch's missing entries only.
+        """
+        if self.teacher_cache_dir is not None:
+            return None, self.cached_teacher_local(x, views)
+        feature_map, classifier = self.teacher_features(x)
+        return feature_map, self.head.logits(feature_map, classifier)[1]
+
     # -- the loss --------------------------------------------------------------------------------
     def distillation_weight(self) -> float:
         """``kd_weight`` times the warm-up factor of the current epoch."""
@@ -362,42 +407,82 @@ class DistillationModule(ClassificationModule):
 
     def compute_loss(
         self, student_global: torch.Tensor, student_local: torch.Tensor, teacher_local: torch.Tensor, y: torch.Tensor
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Total loss and its parts (at least fp32, whatever the autocast; float64 stays float64).
+    ) -> tuple[torch.Tensor, LossParts]:
+        """The loss from the logits and its named parts (at least fp32, whatever the autocast; float64 stays float64).
 
         The cross-entropy uses the student's global logits (its ordinary output); the SDD term the local logits.
-        The parts: ``loss_ce``, ``loss_kd`` (the SDD term before its weight), ``complementary_fraction``, and per
-        scale ``loss_kd_per_scale`` (S,) and ``complementary_per_scale`` (S,), both summed over the batch.
+        The parts (:class:`LossParts`): the terms ``loss_ce`` and ``loss_kd`` (the SDD term) with their weights,
+        the diagnostic ``complementary_fraction``, and per scale ``loss_kd`` and ``complementary_fraction``.
         """
         ce = F.cross_entropy(_loss_precision(student_global), y)
         sdd = self.distillation_loss(_loss_precision(student_local), _loss_precision(teacher_local), y)
-        loss = self.ce_weight * ce + self.distillation_weight() * sdd.loss
-        per_scale = sdd.per_region.new_zeros(len(self.head.scales))
-        complementary = sdd.complementary.sum(0).to(per_scale.dtype)
-        parts = {
-            "loss_ce": ce.detach(),
-            "loss_kd": sdd.loss.detach(),
-            "complementary_fraction": sdd.complementary_fraction,
-            "loss_kd_per_scale": per_scale.index_add(0, self.region_scale, sdd.per_region.sum(0)),
-            "complementary_per_scale": per_scale.index_add(0, self.region_scale, complementary),
-        }
+        kd_weight = self.distillation_weight()
+        loss = self.ce_weight * ce + kd_weight * sdd.loss
+        complementary = self._per_scale(sdd.complementary.sum(0).to(sdd.per_region.dtype))
+        parts = LossParts(
+            terms={"loss_ce": ce.detach(), "loss_kd": sdd.loss.detach()},
+            weights={"loss_ce": self.ce_weight, "loss_kd": kd_weight},
+            diagnostics={"complementary_fraction": sdd.complementary_fraction},
+            per_scale={"loss_kd": self._per_scale(sdd.per_region.sum(0)), "complementary_fraction": complementary[1:]},
+        )
         return loss, parts
+
+    def extra_terms(
+        self, student_map: torch.Tensor, teacher_map: torch.Tensor | None, batch: tuple[torch.Tensor, ...]
+    ) -> dict[str, torch.Tensor]:
+        """Loss terms computed from the final feature maps; none by default. Override it to add some.
+
+        Args:
+            student_map: the student's final feature map ``(B, C_s, h, w)`` (from ``student_features``), with its
+                gradient: what a term does to it reaches the student.
+            teacher_map: the teacher's final feature map ``(B, C_t, h', w')`` (from ``teacher_features``), computed
+                without gradients; ``None`` when the teacher's logits come from the view cache
+                (``teacher_cache_dir``), where the teacher does not run on the batch.
+            batch: the training batch as the data loader gave it: ``(images, labels)``, or
+                ``(images, labels, views)`` with the cache.
+
+        Returns:
+            Scalar tensors by name, each added to the loss as it is (apply its weight here) and logged as
+            ``train/<name>``; e.g. ``{"loss_hint": weight * mse}``. A name may not repeat one of
+            :meth:`compute_loss`'s parts, nor ``loss`` or ``acc1``.
+        """
+        return {}
+
+    def _add_extra_terms(self, loss: torch.Tensor, parts: LossParts, extra: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``loss`` plus the terms of :meth:`extra_terms`, which join ``parts.terms`` with weight 1."""
+        for name, value in extra.items():
+            taken = _RESERVED_NAMES | set(parts.terms) | set(parts.diagnostics)
+            if name in taken:
+                raise ValueError(
+                    f"{type(self).__name__}.extra_terms: the term {name!r} takes the name of a logged value; "
+                    f"give it another (taken: {', '.join(sorted(taken))})"
+                )
+            if not isinstance(value, torch.Tensor) or value.dim() != 0:
+                shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+                raise ValueError(f"{type(self).__name__}.extra_terms: {name!r} must be a scalar tensor, got {shape}")
+            loss = loss + value
+            parts.terms[name] = value.detach()
+            parts.weights[name] = 1.0
+        return loss
 
     def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
         x, y, *views = batch
         x = self._prepare(x)
-        if self.teacher_cache_dir is None:
-            _, teacher_local = self.teacher_logits(x)
-        else:
-            teacher_local = self.cached_teacher_local(x, views[0] if views else None)
-        student_global, student_local = self.student_logits(x)
+        teacher_map, teacher_local = self._teacher_outputs(x, views[0] if views else None)
+        student_map, classifier = self.student_features(x)
+        student_global, student_local = self.head.logits(student_map, classifier)
         loss, parts = self.compute_loss(student_global, student_local, teacher_local, y)
+        loss = self._add_extra_terms(loss, parts, self.extra_terms(student_map, teacher_map, batch))
         self._accumulate_train(loss, student_global, y)
-        for name in ("loss_ce", "loss_kd", "complementary_fraction"):
-            self._train_sums.add(f"train/{name}", parts[name])
-        self._train_sums.add("per_scale/loss_kd", parts["loss_kd_per_scale"], y.numel())
-        self._train_sums.add("per_scale/complementary", parts["complementary_per_scale"], y.numel())
+        self._accumulate_parts(parts, y.numel())
         return loss
+
+    def _accumulate_parts(self, parts: LossParts, samples: int) -> None:
+        """Every part into the epoch's sums: terms and diagnostics per step, the per-scale values per sample."""
+        for name, value in (parts.terms | parts.diagnostics).items():
+            self._train_sums.add(f"train/{name}", value)
+        for name, value in parts.per_scale.items():
+            self._train_sums.add(f"per_scale/{name}", value, samples)
 
     # -- the teacher view cache ---------------------------------------------------------------------
     @torch.no_grad()
@@ -468,11 +553,11 @@ class DistillationModule(ClassificationModule):
 
     def on_train_epoch_end(self) -> None:
         means = self._train_sums.means()
-        loss_kd, complementary = means.pop("per_scale/loss_kd"), means.pop("per_scale/complementary")
-        for i, side in enumerate(self.head.scales):
-            means[f"train/loss_kd_scale{side}"] = loss_kd[i] / (side * side)
-            if side > 1:
-                means[f"train/complementary_fraction_scale{side}"] = complementary[i] / (side * side)
+        scales = self.head.scales
+        for key in [key for key in means if key.startswith("per_scale/")]:
+            name, values = key.removeprefix("per_scale/"), means.pop(key)  # (n,): the last n scales
+            for side, value in zip(scales[len(scales) - len(values) :], values, strict=True):
+                means[f"train/{name}_scale{side}"] = value / (side * side)
         self.log_dict(means, sync_dist=True)
 
     # -- the teacher, measured once before the first training step -------------------------------
