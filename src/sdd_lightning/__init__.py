@@ -6,7 +6,8 @@ stay. They are loaded on first use, so ``import sdd_lightning`` stays cheap (no 
 - the method: ``ScaleDecoupledHead``, ``ScaleDecoupledLoss``, ``sdd_loss``, the base losses ``KDLoss``,
   ``DKDLoss``, ``NKDLoss`` (and ``kd_loss``), ``standardize_logits`` (logit standardization),
   ``complementary_mask`` (which regions SDD up-weights);
-- training: ``DistillationModule``, ``ClassificationModule``;
+- training: ``DistillationModule``, ``ClassificationModule``, ``LossParts`` (the named terms of a step;
+  docs/extending.md);
 - networks: ``build_model``, ``available_models``, ``register_model`` (a decorator), ``load_weights``,
   ``get_classifier``;
 - data: ``Cifar100DataModule``, ``ImageNetDataModule``, ``Cub200DataModule``, ``SyntheticDataModule``;
@@ -33,6 +34,7 @@ _PUBLIC = {
     "complementary_mask": "sdd_lightning.method.losses",
     "DistillationModule": "sdd_lightning.training.module",
     "ClassificationModule": "sdd_lightning.training.module",
+    "LossParts": "sdd_lightning.training.module",
     "build_model": "sdd_lightning.models",
     "load_weights": "sdd_lightning.models",
     "get_classifier": "sdd_lightning.models",

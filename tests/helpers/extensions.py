@@ -14,9 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sdd_lightning import DistillationModule
+from sdd_lightning import DistillationModule, get_classifier
 from sdd_lightning.method.losses import PerSampleLoss
-from sdd_lightning.models.interface import get_classifier
 
 
 class PlainNet(nn.Module):
