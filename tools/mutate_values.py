@@ -271,12 +271,15 @@ def in_scope(conf_file: str) -> bool:
 
 def select(mutants: list[Mutant], only: list[str], kind: str, limit: int | None) -> list[Mutant]:
     """The mutants whose name matches one of ``only`` (a glob, or a part of the name), of ``kind``, at most
-    ``limit`` of them."""
+    ``limit`` of them; in the order of the first pattern each matches, so the first patterns run first."""
 
     def wanted(m: Mutant) -> bool:
         return not only or any(p in m.name or fnmatch.fnmatch(m.name, p) for p in only)
 
-    chosen = [m for m in mutants if kind in ("all", m.kind) and wanted(m)]
+    def first_match(m: Mutant) -> int:
+        return next((i for i, p in enumerate(only) if p in m.name or fnmatch.fnmatch(m.name, p)), 0)
+
+    chosen = sorted((m for m in mutants if kind in ("all", m.kind) and wanted(m)), key=first_match)  # stable
     return chosen[:limit] if limit is not None else chosen
 
 
@@ -349,9 +352,12 @@ class _Trace:
         self.outcomes: dict[str, str] = {}
 
     def install(self) -> None:
-        from hydra._internal.core_plugins.file_config_source import FileConfigSource
+        from hydra.core.plugins import Plugins
+        from hydra.plugins.config_source import ConfigSource
 
-        original = FileConfigSource.load_config
+        # Hydra executes its plugin modules anew when it first scans them: patch the class it will use
+        (source_class,) = [c for c in Plugins.instance().discover(ConfigSource) if c.__name__ == "FileConfigSource"]
+        original = source_class.load_config
         trace = self
 
         def load_config(source, config_path: str):
@@ -360,7 +366,7 @@ class _Trace:
                 trace.units.setdefault(trace.current, set()).add(str(CONF / full.relative_to(trace.conf_dir)))
             return original(source, config_path)
 
-        FileConfigSource.load_config = load_config
+        source_class.load_config = load_config
 
     def _tracer(self, frame, event, arg):
         if event == "call":
@@ -538,6 +544,8 @@ def baseline(copy: Path, tests: list[str], k: str | None, cache: Path) -> dict[s
     if result["exit"] != 0 or failed:
         tail = (copy / "baseline.log").read_text()[-3000:]
         raise SystemExit(f"the tests fail without any mutant (exit {result['exit']}): {failed}\n{tail}")
+    if not any(u.startswith(str(CONF)) for t in result["tests"].values() for u in t["units"]):
+        raise SystemExit("the first run recorded no config file loaded by any test: the tracing is broken")
     result["wall_seconds"] = seconds
     result["digest"] = tree
     kept.write_text(json.dumps(result))
@@ -699,6 +707,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the temporary copy (its path is printed)")
     args = parser.parse_args(argv)
     wall = time.monotonic()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a stopped run still removes its copy
     copy = Path(tempfile.mkdtemp(prefix="sdd-values-"))
     try:
         for name in COPIED:
