@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-all lint format train bench mutation mutation-again clean-venv
+.PHONY: install test test-all lint format train bench mutation mutation-again mutation-values clean-venv
 
 install: $(STAMP)
 
@@ -43,6 +43,8 @@ bench: install
 # augmentation, and the config code; not part of `make test` or CI (time and scores: docs/testing.md). A fresh run
 # each time (mutants/ is its work folder); MUTANTS='sdd_lightning.method.heads.*' runs one file's mutants.
 # `make mutation-again` reruns only the mutants that still count against the score, with the tests as they are now.
+# mutmut mutates Python only: `make mutation-values` plants changed recipe YAML values and constructor defaults one at
+# a time and scores them separately (tools/mutate_values.py; VALUES_ARGS='--kind default' or '--only <part of name>').
 # One thread per test process: MUTATION_JOBS processes share the cores without oversubscribing them.
 MUTATION_JOBS ?= 2
 MUTMUT := PYTHONPATH=$(CURDIR)/tests OMP_NUM_THREADS=1 $(BIN)/mutmut
@@ -55,6 +57,9 @@ mutation-again: install
 	$(MUTMUT) run --max-children $(MUTATION_JOBS) \
 		$$($(BIN)/python tools/mutation_score.py --names)
 	$(BIN)/python tools/mutation_score.py
+
+mutation-values: install
+	PYTHONPATH=$(CURDIR)/src:$(CURDIR)/tests OMP_NUM_THREADS=1 $(BIN)/python tools/mutate_values.py $(VALUES_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)
