@@ -416,3 +416,18 @@ def test_the_built_module_holds_the_runs_solver_switches_and_teacher_check(tmp_p
     assert plain.channels_last and hasattr(plain.model.forward, "_torchdynamo_orig_callable")
     optimizer = plain.optimizer_factory([torch.nn.Parameter(torch.zeros(1))])
     assert optimizer.defaults["lr"] == 0.123 and type(plain.scheduler_factory(optimizer)) is type(scheduler)
+
+
+def test_the_pair_settings_defaults_are_the_library_defaults():
+    """conf/train.yaml's pair_settings (used where a pair file sets none) equal the classes' own defaults, which
+    tests/method/test_losses.py pins to the official values: a config run and a Python-built module agree."""
+    from sdd_lightning.method.heads import ScaleDecoupledHead
+    from sdd_lightning.method.losses import DKDLoss, NKDLoss
+
+    defaults = OmegaConf.to_container(compose_config([]).pair_settings)
+    assert defaults == {
+        "sd_scales": list(ScaleDecoupledHead().scales),
+        "dkd_beta": DKDLoss().settings()["beta"],
+        "nkd_gamma": NKDLoss().settings()["gamma"],
+    }
+    assert defaults == {"sd_scales": [1, 2, 4], "dkd_beta": 8.0, "nkd_gamma": 8.0}

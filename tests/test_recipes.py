@@ -81,6 +81,22 @@ def test_the_cifar_data_module_as_a_recipe_builds_it_pads_by_4_and_flips():
     assert inspect.signature(Cifar100DataModule).parameters["padding"].default == 4  # the module built in Python
 
 
+@pytest.mark.parametrize(
+    ("setting", "num_classes"),
+    [
+        # SDD:mdistiller/dataset/cub200.py:152-161: Resize((256, 256)), then RandomCrop(224) / CenterCrop(224)
+        ("cub200/res32x4_shv1/sd_kd", 200),
+        # SDD:mdistiller/dataset/imagenet.py:75,88-89: RandomResizedCrop(224); Resize(256), CenterCrop(224)
+        ("imagenet/res34_res18/sd_kd", 1000),
+    ],
+)
+def test_the_image_file_data_modules_as_recipes_build_them_resize_to_256_and_crop_224(setting, num_classes):
+    """Built from the composed setting, as a run builds them: no config sets these values, so the constructors'
+    defaults are the recipe, and a changed default shows here."""
+    datamodule = instantiate(compose_setting(setting).data)
+    assert (datamodule.num_classes, datamodule.resize_size, datamodule.crop_size) == (num_classes, 256, 224)
+
+
 def test_cifar_normalisation_is_the_official_one():
     # mdistiller/dataset/cifar100.py, the constants the CRD teachers were trained with
     assert CIFAR100_MEAN == (0.5071, 0.4867, 0.4408)
@@ -90,6 +106,15 @@ def test_cifar_normalisation_is_the_official_one():
 # Values the official files set, one row each: (setting, config key, value, where the official repository sets it).
 # "SDD:" is shicaiwei123/SDD-CVPR2024; "mdistiller:" is megvii-research/mdistiller.
 OFFICIAL_VALUES = [
+    # the teachers train with the recipe's own solver (no pair file sets it for them)
+    ("cifar100/teacher_resnet32x4", "optimizer.lr", 0.05, "mdistiller:configs/cifar100/vanilla.yaml:12"),
+    ("cifar100/teacher_resnet32x4", "optimizer.weight_decay", 5e-4, "mdistiller:configs/cifar100/vanilla.yaml:15"),
+    (
+        "cifar100/teacher_resnet32x4",
+        "scheduler.milestones",
+        [150, 180, 210],
+        "mdistiller:configs/cifar100/vanilla.yaml:13",
+    ),
     # the plain DKD of this pair has its own config with beta 6; its SD-DKD and SD-NKD configs set none (8)
     ("cifar100/res32x4_mv2/dkd", "distill.loss.beta", 6.0, "SDD:configs/cifar100/dkd/resnet32_mobinetv2.yaml:19"),
     ("cifar100/res32x4_mv2/sd_dkd", "distill.loss.beta", 8.0, "SDD:mdistiller/engine/cfg.py:165 (DKD.BETA)"),
