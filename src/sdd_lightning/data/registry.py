@@ -6,7 +6,7 @@ alone carries its parent's name but is not registered in its place. A second cla
 refused with a ``ValueError``.
 
 The name is the data set's option in the configs: ``data=<name>`` selects ``conf/data/<name>.yaml``, whose
-``_target_`` is the class that carries that name (``tests/data/test_registration.py`` checks both ways:
+``_target_`` is the class that carries that name (``tests/data/test_data_registration.py`` checks both ways:
 every option names its class, every registered class has its option). The config stays the user's choice;
 the name lets code tell which data set a run used from its ``data._target_`` (:func:`datamodule_name`).
 
