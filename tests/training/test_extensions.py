@@ -176,9 +176,13 @@ def test_with_the_teacher_cache_the_hook_gets_no_teacher_map(monkeypatch):
 @pytest.mark.parametrize(
     ("terms", "message"),
     [
-        ({"loss_kd": torch.tensor(1.0)}, "takes the name of a logged value"),
-        ({"loss": torch.tensor(1.0)}, "takes the name of a logged value"),
-        ({"loss_hint": torch.ones(2)}, r"must be a scalar tensor, got \(2,\)"),
+        (
+            {"loss_kd": torch.tensor(1.0)},
+            r"^FitNetHint\.extra_terms: the term 'loss_kd' takes the name of a logged value; give it another "
+            r"\(taken: acc1, complementary_fraction, loss, loss_ce, loss_kd, teacher_cache_hit_rate\)$",
+        ),
+        ({"loss": torch.tensor(1.0)}, r"^FitNetHint\.extra_terms: the term 'loss' takes the name of a logged value"),
+        ({"loss_hint": torch.ones(2)}, r"^FitNetHint\.extra_terms: 'loss_hint' must be a scalar tensor, got \(2,\)$"),
     ],
 )
 def test_an_extra_term_must_be_a_scalar_under_a_name_of_its_own(monkeypatch, terms, message):

@@ -62,6 +62,21 @@ def test_global_scale_gives_exactly_plain_kd():
     assert parts.diagnostics["complementary_fraction"] == 0
 
 
+def test_the_loss_is_the_weighted_sum_of_its_named_terms():
+    """LossParts: the terms and the weights they entered the loss with (kd: its weight times the warm-up)."""
+    module = _distiller(scales=(1, 2), ce_weight=0.3, kd_weight=2.0, warmup_epochs=20)
+    x, y = next(iter(_loader()))
+    student_global, student_local = module.student_logits(x)
+    loss, parts = module.compute_loss(student_global, student_local, module.teacher_logits(x)[1], y)
+    assert parts.weights == {"loss_ce": 0.3, "loss_kd": module.distillation_weight()}
+    assert module.distillation_weight() == pytest.approx(2.0 / 20)  # epoch 0 of a 20-epoch warm-up
+    assert set(parts.terms) == {"loss_ce", "loss_kd"} and set(parts.diagnostics) == {"complementary_fraction"}
+    total = sum(parts.weights[name] * parts.terms[name] for name in parts.terms)
+    torch.testing.assert_close(loss.detach(), total, rtol=1e-6, atol=1e-7)
+    assert set(parts.per_scale) == {"loss_kd", "complementary_fraction"}
+    assert parts.per_scale["loss_kd"].shape == (2,) and parts.per_scale["complementary_fraction"].shape == (1,)
+
+
 @pytest.mark.parametrize(
     ("dtype", "loss_dtype"),
     [(torch.float64, torch.float64), (torch.float32, torch.float32), (torch.bfloat16, torch.float32)],
