@@ -22,9 +22,8 @@ from sdd_lightning.builders import (
     config_error,
     expected_teacher_acc1,
     instantiate_node,
-    suggest,
 )
-from sdd_lightning.errors import ConfigError
+from sdd_lightning.errors import ConfigError, did_you_mean
 from sdd_lightning.models import available_models, build_model
 from sdd_lightning.reporting.model_card import CARD_FORMAT
 
@@ -97,17 +96,17 @@ def test_a_plain_dict_node_is_read_like_a_config_node():
 
 def test_a_typo_gets_the_three_closest_names():
     known = ["resnet8", "resnet20", "resnet32", "resnet56", "resnet110", "vgg8"]
-    hint = suggest("resnet9", known)
+    hint = did_you_mean("resnet9", known)
     assert hint.startswith(" Did you mean 'resnet8' or ") and hint.endswith("?")
     assert hint.count(" or ") == 2 and "vgg8" not in hint
 
 
 def test_a_name_in_the_wrong_case_is_suggested_as_written_in_the_registry():
-    assert suggest("SHUFFLEV1", ["ShuffleV1", "ShuffleV2", "resnet8"]) == " Did you mean 'ShuffleV1'?"
+    assert did_you_mean("SHUFFLEV1", ["ShuffleV1", "ShuffleV2", "resnet8"]) == " Did you mean 'ShuffleV1'?"
 
 
 def test_nothing_close_suggests_nothing():
-    assert suggest("zzz", ["resnet8", "vgg8"]) == ""
+    assert did_you_mean("zzz", ["resnet8", "vgg8"]) == ""
 
 
 # --- W&B: offline unless logged in --------------------------------------------------------------------------------

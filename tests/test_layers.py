@@ -17,7 +17,8 @@ PACKAGE = Path(sdd_lightning.__file__).resolve().parent
 
 # lowest first; a part may import the parts of lower layers and itself, nothing of its own layer or above
 LAYERS: list[set[str]] = [
-    {"errors", "catalog"},
+    {"errors"},
+    {"catalog"},
     {"method", "models", "data"},
     {"reporting"},
     {"training"},

@@ -9,7 +9,6 @@ that fixes it. Every check here runs before any data is read or any step is trai
 
 from __future__ import annotations
 
-import difflib
 import netrc
 import os
 import re
@@ -28,7 +27,13 @@ from torch import nn
 from sdd_lightning.catalog import published_top1
 from sdd_lightning.data import datamodule_name
 from sdd_lightning.data.in_memory import InMemoryImageDataModule
-from sdd_lightning.errors import ClassCountMismatchError, ConfigError, UnreadableCheckpointError, UnsafeCheckpointError
+from sdd_lightning.errors import (
+    ClassCountMismatchError,
+    ConfigError,
+    UnreadableCheckpointError,
+    UnsafeCheckpointError,
+    did_you_mean,
+)
 from sdd_lightning.models import available_models, build_model, get_classifier, load_weights
 from sdd_lightning.models.registry import ADAPTER_PREFIXES
 from sdd_lightning.reporting.model_card import find_model_card
@@ -63,12 +68,6 @@ def is_distillation(cfg: DictConfig) -> bool:
     return issubclass(module_class, DistillationModule)
 
 
-def suggest(name: str, known: list[str]) -> str:
-    """`` Did you mean 'x'?`` for the closest known names, or nothing."""
-    close = difflib.get_close_matches(name, known, n=3, cutoff=0.6) or [k for k in known if k.lower() == name.lower()]
-    return f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-
-
 def check_config(cfg: DictConfig) -> None:
     """Checks what can be checked without building anything: names, epochs, teacher presence."""
     epochs = cfg.get("epochs")
@@ -85,7 +84,7 @@ def check_config(cfg: DictConfig) -> None:
             )
         if arch not in known and not arch.startswith(ADAPTER_PREFIXES) and "." not in arch:
             raise ConfigError(
-                f"unknown {role}.arch={arch!r}.{suggest(arch, known)} Known names: {', '.join(sorted(known))}; or "
+                f"unknown {role}.arch={arch!r}.{did_you_mean(arch, known)} Known names: {', '.join(sorted(known))}; or "
                 "'torchvision:<name>' / 'timm:<name>' for any torchvision or timm classifier, or the dotted path of "
                 "your own network class (my_package.nets.MyNet)"
             )

@@ -15,7 +15,6 @@ The logit-standardization settings (``cifar100/ls/...``) carry the LS paper's nu
 
 from __future__ import annotations
 
-import difflib
 import functools
 from collections.abc import Mapping
 from pathlib import Path
@@ -24,6 +23,8 @@ import yaml
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
+
+from sdd_lightning.errors import did_you_mean
 
 __all__ = [
     "CONF_DIR",
@@ -151,8 +152,7 @@ def unknown_group_option(overrides: list[str], conf_dir: Path = CONF_DIR) -> str
         for option in value.strip("[]").split(","):
             option = option.strip()
             if option and option not in known:
-                close = difflib.get_close_matches(option, known, n=3, cutoff=0.5)
-                hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+                hint = did_you_mean(option, known, cutoff=0.5, any_case=False)
                 listing = ", ".join(known) if len(known) <= 12 else f"{len(known)} options under conf/{key}/"
                 return f"unknown {key} {option!r}.{hint} Known: {listing}"
     return None

@@ -7,7 +7,9 @@ import them from here, so that the error types sit below every layer that raises
 
 from __future__ import annotations
 
+import difflib
 import pickle
+from collections.abc import Iterable
 from pathlib import Path
 
 __all__ = [
@@ -24,7 +26,20 @@ __all__ = [
     "TrainingDiverged",
     "UnreadableCheckpointError",
     "UnsafeCheckpointError",
+    "did_you_mean",
 ]
+
+
+def did_you_mean(name: str, known: Iterable[str], *, cutoff: float = 0.6, any_case: bool = True) -> str:
+    """`` Did you mean 'x'?`` for the (up to three) known names closest to ``name``, or ``""``.
+
+    ``any_case``: when nothing is close, a known name that differs from ``name`` in case only is suggested.
+    """
+    known = list(known)
+    close = difflib.get_close_matches(name, known, n=3, cutoff=cutoff)
+    if not close and any_case:
+        close = [k for k in known if k.lower() == name.lower()]
+    return f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
 
 
 class ConfigError(ValueError):

@@ -16,10 +16,11 @@ A new data set is one module under ``data/`` whose data module sets ``name``, ex
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import re
 from typing import TypeVar
+
+from sdd_lightning.errors import did_you_mean
 
 __all__ = ["available_datamodules", "datamodule_class", "datamodule_name", "register_datamodule"]
 
@@ -70,8 +71,7 @@ def datamodule_class(name: str) -> type:
     try:
         return registered[name]
     except KeyError:
-        close = difflib.get_close_matches(name, registered, n=3, cutoff=0.6)
-        hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        hint = did_you_mean(name, registered, any_case=False)
         raise ValueError(f"unknown data set {name!r}.{hint} Known data sets: {', '.join(registered)}") from None
 
 

@@ -34,7 +34,6 @@ has been imported, and is listed after the zoo.
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import pkgutil
 from collections.abc import Callable
@@ -42,6 +41,8 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from torch import nn
+
+from sdd_lightning.errors import did_you_mean
 
 from .adapter import FeatureClassifierAdapter
 
@@ -166,12 +167,9 @@ def model_spec(name: str) -> ModelSpec:
     try:
         return registered[name]
     except KeyError:
-        close = difflib.get_close_matches(name, registered, n=3, cutoff=0.6)
-        close = close or [known for known in registered if known.lower() == name.lower()]
-        hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
         raise ValueError(
-            f"unknown model {name!r}.{hint} Known models: {', '.join(registered)}; or 'torchvision:<name>' / "
-            "'timm:<name>' for any torchvision or timm classification model."
+            f"unknown model {name!r}.{did_you_mean(name, registered)} Known models: {', '.join(registered)}; "
+            "or 'torchvision:<name>' / 'timm:<name>' for any torchvision or timm classification model."
         ) from None
 
 
